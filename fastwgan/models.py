@@ -1,0 +1,155 @@
+"""The DCGAN generator and critic of the WGAN paper's code (Arjovsky et al. 2017).
+
+Both networks are built from blocks: a convolution (ConvTranspose2d in the generator, Conv2d in the
+critic) followed by BatchNorm in training mode and ReLU or LeakyReLU(0.2). ``impl`` selects how a
+block computes the normalisation and activation ("ref": the nn modules; "triton": one fused
+kernel from ``fastwgan.kernels.bn_act``). It never changes parameter or buffer names, so a
+state_dict saved under one impl loads into the other.
+
+Layers and initialisation follow martinarjovsky/WassersteinGAN ``models/dcgan.py``: every
+convolution is bias-free, conv weights ~ N(0, 0.02), BatchNorm weight ~ N(1, 0.02), bias 0.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+IMPLS = ("ref", "triton")
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def _check_size(image_size: int) -> None:
+    if image_size < 16 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two, 16 or more (got {image_size})")
+
+
+class Block(nn.Module):
+    """conv -> [BatchNorm] -> activation, the unit both networks are made of.
+
+    ``conv`` is an nn.Conv2d or nn.ConvTranspose2d; ``bn`` is an nn.BatchNorm2d or None.
+    ``act`` is "relu", "leaky_relu" (slope 0.2) or "none".
+    """
+
+    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d | None, act: str, impl: str = "ref"):
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+        self.act = act
+        self.negative_slope = 0.2
+        self.impl = _check_impl(impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.bn is not None and self.impl == "triton":
+            from fastwgan.kernels.bn_act import bn_act
+
+            bn = self.bn
+            if bn.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+            return bn_act(y, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                          training=bn.training, momentum=bn.momentum, eps=bn.eps,
+                          act=self.act, negative_slope=self.negative_slope, impl="triton")
+        if self.bn is not None:
+            y = self.bn(y)
+        if self.act == "relu":
+            return F.relu(y)
+        if self.act == "leaky_relu":
+            return F.leaky_relu(y, self.negative_slope)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"act={self.act}, impl={self.impl}"
+
+
+def _up(cin, cout, k, s, p, impl):
+    return Block(nn.ConvTranspose2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), "relu", impl)
+
+
+def _down(cin, cout, k, s, p, impl, bn=True):
+    return Block(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout) if bn else None,
+                 "leaky_relu", impl)
+
+
+def init_weights(m: nn.Module) -> None:
+    """The paper code's init: conv N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """z (N, nz) or (N, nz, 1, 1) -> image (N, nc, S, S) in [-1, 1].
+
+    ConvT(nz, c, 4, 1, 0) BN ReLU, then ConvT(4, 2, 1) blocks halving the width up to S/2,
+    [extra 3x3 blocks], ConvT(c, nc, 4, 2, 1) Tanh. c = ngf * S / 8 (512 at 64x64, ngf 64).
+    """
+
+    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 3,
+                 extra_layers: int = 0, impl: str = "ref"):
+        super().__init__()
+        _check_size(image_size)
+        self.image_size, self.nz = image_size, nz
+        cngf, tisize = ngf // 2, 4
+        while tisize != image_size:
+            cngf, tisize = cngf * 2, tisize * 2
+        blocks = [_up(nz, cngf, 4, 1, 0, impl)]
+        csize = 4
+        while csize < image_size // 2:
+            blocks.append(_up(cngf, cngf // 2, 4, 2, 1, impl))
+            cngf, csize = cngf // 2, csize * 2
+        for _ in range(extra_layers):
+            blocks.append(Block(nn.Conv2d(cngf, cngf, 3, 1, 1, bias=False), nn.BatchNorm2d(cngf), "relu", impl))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.ConvTranspose2d(cngf, nc, 4, 2, 1, bias=False)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return torch.tanh(self.head(self.blocks(z)))
+
+
+class Critic(nn.Module):
+    """image (N, nc, S, S) -> score (N,).
+
+    Conv(nc, ndf, 4, 2, 1) LReLU(0.2) (no BatchNorm), [extra 3x3 blocks], Conv(4, 2, 1) blocks
+    doubling the width down to 4x4, each BN LReLU(0.2), then Conv(c, 1, 4, 1, 0).
+    The paper's code averages the scores over the batch inside the network; here the per-sample
+    scores are returned and the losses take the mean.
+    """
+
+    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 3, extra_layers: int = 0,
+                 impl: str = "ref"):
+        super().__init__()
+        _check_size(image_size)
+        self.image_size = image_size
+        blocks = [_down(nc, ndf, 4, 2, 1, impl, bn=False)]
+        csize, cndf = image_size // 2, ndf
+        for _ in range(extra_layers):
+            blocks.append(_down(cndf, cndf, 3, 1, 1, impl))
+        while csize > 4:
+            blocks.append(_down(cndf, cndf * 2, 4, 2, 1, impl))
+            cndf, csize = cndf * 2, csize // 2
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(cndf, 1, 4, 1, 0, bias=False)
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x)).flatten()
+
+
+def set_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every block of ``model`` to ``impl`` in place (names and values are unchanged)."""
+    _check_impl(impl)
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.impl = impl
+    return model
