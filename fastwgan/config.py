@@ -26,10 +26,12 @@ def _f(default, help, group, **extra):
 @dataclass
 class Config:
     # --- run ---
-    out: str = _f("runs/wgan", "run directory: config, metrics, samples, checkpoint", "run")
-    preset: Optional[str] = _f(None, "named set of defaults, applied before other flags", "run",
-                               choices=None)  # choices filled from PRESETS below
-    resume: Optional[str] = _f(None, "run directory (or checkpoint.pt) to continue exactly", "run")
+    out: str = _f("runs/wgan", "run directory: config, metrics, samples, checkpoint", "run", metavar="DIR")
+    preset: Optional[str] = _f(None, "named set of defaults, applied before other flags: paper (the "
+                               "paper's recipe, the defaults), cpu (faces in minutes on a CPU), smoke "
+                               "(a few tiny iterations)", "run")
+    resume: Optional[str] = _f(None, "run directory (or checkpoint.pt) to continue exactly", "run",
+                               metavar="RUN_DIR")
     iters: int = _f(100_000, "generator iterations to train", "run")
     seed: int = _f(0, "seed for weights, noise and data order (a CPU run is reproducible bit for bit)", "run")
     device: str = _f("auto", "where to train", "run", choices=("auto", "cpu", "cuda"))
@@ -37,10 +39,11 @@ class Config:
     sample_every: int = _f(500, "iterations between sample grids", "run")
     ckpt_every: int = _f(1000, "iterations between checkpoints (one is also written at the end)", "run")
     progress: bool = _f(True, "show a progress bar", "run")
+    overwrite: bool = _f(False, "start again in an --out that already holds a run", "run")
 
     # --- data ---
     data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively "
-                             "(default: a built-in synthetic face dataset)", "data")
+                             "(default: a built-in synthetic face dataset)", "data", metavar="DIR")
     image_size: int = _f(64, "training resolution", "data", choices=IMAGE_SIZES)
     crop: Optional[int] = _f(None, "center crop before resizing (108 for CelebA; default: the shorter side)", "data")
     workers: int = _f(-1, "loader worker processes (-1: one per core, at most 8)", "data")
@@ -146,7 +149,7 @@ def build_parser(prog: str = "python -m fastwgan.train", description: str | None
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     groups = {g: parser.add_argument_group(t) for g, t in GROUP_TITLES.items()}
     for f in dataclasses.fields(Config):
@@ -164,16 +167,15 @@ def build_parser(prog: str = "python -m fastwgan.train", description: str | None
         kind = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[float]": float,
                 "Optional[str]": str}[str(f.type)]
         kwargs["type"] = kind
-        kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None
-        if kwargs["metavar"] is None:
-            del kwargs["metavar"]
+        if "choices" not in kwargs:
+            kwargs["metavar"] = meta.get("metavar") or {int: "N", float: "X", str: "STR"}[kind]
         group.add_argument(_flag(f.name), **kwargs)
     # Show the dataclass defaults in --help even though the parser's own defaults are None.
     for action in parser._actions:
         if action.dest in _FIELD_DEFAULTS and action.help:
             d = _FIELD_DEFAULTS[action.dest]
-            action.help = f"{action.help} (default: {d})"
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            if d is not None and "default" not in action.help:
+                action.help = f"{action.help} (default: {d})"
     return parser
 
 

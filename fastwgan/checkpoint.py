@@ -1,0 +1,89 @@
+"""Checkpoints: written atomically, loaded with clear errors, resumed exactly.
+
+A checkpoint holds both networks, both optimizer states, the iteration, the data position, every
+RNG state and the config. It is written to a temporary file in the same folder, flushed to disk,
+then renamed over the old one: a crash or a full disk mid-write never damages the last good one.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastwgan.config import Config
+from fastwgan.models import Generator
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing or cannot be read: one line, exit code 2."""
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    p = Path(path)
+    return p / CHECKPOINT_NAME if p.is_dir() else p
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    p = checkpoint_path(path)
+    if not p.exists():
+        where = f"{path} has no {CHECKPOINT_NAME}" if Path(path).is_dir() else f"checkpoint not found: {p}"
+        raise CheckpointError(where)
+    try:
+        # weights_only: a checkpoint is data; it never runs code when loaded
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {e}") from None
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{p} is not a fastwgan checkpoint")
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(legacy=True),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
+    """The generator of a checkpoint (or run directory), in eval mode, and its config."""
+    ckpt = load(path)
+    cfg = Config.from_dict(ckpt["config"])
+    G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers)
+    G.load_state_dict(ckpt["generator"])
+    return G.to(device).eval(), cfg

@@ -1,0 +1,178 @@
+"""The Pillow loaders: streaming batches from DataLoader workers, or the whole dataset decoded once.
+
+Both draw the same index sequence (``EpochBatches``: a fresh permutation per epoch from the seed),
+so they give identical batches for the same seed, and a run can continue from any batch number.
+Batches are uint8 (N, 3, H, W); ``to_training`` moves them to the device and scales to [-1, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fastwgan.data.files import load_image
+
+CACHE_VERSION = 1
+
+
+class EpochBatches:
+    """Batch ``b`` (0, 1, 2, ... over all epochs) of a shuffle-per-epoch stream, from the seed alone.
+
+    Epoch ``e`` is ``randperm(n)`` from a generator seeded by (seed, e); the last incomplete batch
+    of an epoch is dropped. Being a pure function of the batch number, a resumed run continues
+    exactly where it stopped.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0):
+        if n < batch_size:
+            raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.per_epoch = n // batch_size
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, b = divmod(self.start, self.per_epoch)
+        while True:
+            perm = self._perm(epoch)
+            for i in range(b, self.per_epoch):
+                yield perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+            epoch, b = epoch + 1, 0
+
+
+class ImageFiles(Dataset):
+    """Files decoded with Pillow; a file that fails to decode is replaced by the next one."""
+
+    def __init__(self, files: Sequence[Path], image_size: int, crop: int | None):
+        self.files, self.image_size, self.crop = list(files), image_size, crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        for k in range(len(self.files)):
+            path = self.files[(i + k) % len(self.files)]
+            try:
+                a = load_image(path, self.image_size, self.crop)
+            except Exception as e:  # a file that passed the scan but does not decode
+                warnings.warn(f"could not decode {path}: {e}; using the next image instead")
+                continue
+            return torch.from_numpy(a).permute(2, 0, 1)  # (3, H, W) uint8
+        raise RuntimeError("no image in the dataset could be decoded")
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C reaches every process of the group: the main process saves a checkpoint, and the
+    # workers must keep serving batches meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, batch_size: int,
+                   seed: int, start: int = 0, workers: int = -1, pin_memory: bool = False,
+                   ) -> Iterator[torch.Tensor]:
+    """Batches decoded by DataLoader worker processes, starting at batch number ``start``."""
+    workers = default_workers() if workers < 0 else workers
+    loader = DataLoader(
+        ImageFiles(files, image_size, crop),
+        batch_sampler=EpochBatches(len(files), batch_size, seed, start),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        # its own generator, so that creating the loader does not consume the global RNG
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return iter(loader)
+
+
+# --- resident: decode once, keep in memory -----------------------------------------------------
+
+def cache_key(files: Sequence[Path], image_size: int, crop: int | None) -> str:
+    """Changes when a file is added, removed or modified, or the preprocessing changes."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "size": image_size, "crop": crop}).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode_chunk(args) -> np.ndarray:
+    paths, image_size, crop = args
+    ds = ImageFiles(paths, image_size, crop)
+    return np.stack([ds[i].numpy() for i in range(len(paths))])
+
+
+def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
+               progress: bool = False) -> np.ndarray:
+    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W)."""
+    workers = default_workers() if workers < 0 else workers
+    chunk = 256
+    jobs = [(list(files[i:i + chunk]), image_size, crop) for i in range(0, len(files), chunk)]
+    out = np.empty((len(files), 3, image_size, image_size), np.uint8)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files), desc="decoding images", unit="img", leave=False)
+    if workers <= 1 or len(jobs) == 1:
+        results = map(_decode_chunk, jobs)
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(_decode_chunk, jobs)
+    for i, arr in enumerate(results):
+        out[i * chunk:i * chunk + len(arr)] = arr
+        if bar is not None:
+            bar.update(len(arr))
+    if bar is not None:
+        bar.close()
+    if workers > 1 and len(jobs) > 1:
+        pool.shutdown()
+    return out
+
+
+def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
+                  workers: int = -1, progress: bool = False) -> tuple[np.ndarray, bool]:
+    """The decoded dataset, from the .npy cache when it is current; returns (array, from_cache)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"decoded-{cache_key(files, image_size, crop)}.npy"
+    if path.exists():
+        try:
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8:
+                return np.ascontiguousarray(arr), True
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt below
+    arr = decode_all(files, image_size, crop, workers, progress)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+    return arr, False
+
+
+def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming."""
+    for idx in EpochBatches(len(data), batch_size, seed, start):
+        yield data[torch.tensor(idx, device=data.device)]
+
+
+def to_training(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 in [-1, 1] on ``device``."""
+    x = batch.to(device, non_blocking=True).float()
+    return x.div_(127.5).sub_(1.0)

@@ -1,0 +1,131 @@
+"""What a run leaves to look at: image grids and the loss plot, and the metrics log."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Floats in [-1, 1] or uint8, (N, 3, H, W) -> uint8 on the CPU."""
+    if images.dtype == torch.uint8:
+        return images.cpu()
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, 3, H, W) -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3) uint8 image, black padding."""
+    x = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    n, h, w, c = x.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed as the run goes."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows logged after ``iteration`` (a resumed run rewrites them)."""
+        rows = [r for r in self.read() if r.get("iter", 0) <= iteration]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows = []
+        with open(self.path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a line cut short by a crash
+        return rows
+
+
+def median_filter(y: Iterable[float], window: int) -> np.ndarray:
+    """Running median over ``window`` points (odd), edges padded by repetition."""
+    y = np.asarray(list(y), dtype=np.float64)
+    if len(y) == 0 or window <= 1:
+        return y
+    half = window // 2
+    padded = np.pad(y, half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
+    """loss.png: the Wasserstein estimate, raw and median-filtered (as the paper's figures),
+    and the critic and generator losses, against generator iterations."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iter"] for r in rows]
+    panels = [("wdist", "Wasserstein estimate  -Loss_D"), ("loss", "losses")]
+    if any(r.get("swd") is not None for r in rows):
+        panels.append(("swd", "sliced Wasserstein distance to the data (x1e3)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], panels):
+        if key == "wdist":
+            w = [r.get("wdist") for r in rows]
+            if any(v is not None for v in w):
+                w = np.array([np.nan if v is None else v for v in w])
+                window = max(1, min(101, (len(w) // 20) * 2 + 1))
+                ax.plot(it, w, color="tab:blue", alpha=0.35, lw=0.8, label="raw")
+                ax.plot(it, median_filter(w, window), color="tab:blue", lw=1.8,
+                        label=f"median over {window} points")
+                ax.legend(loc="best", fontsize=8)
+        elif key == "loss":
+            ax.plot(it, [r.get("loss_d") for r in rows], lw=1, label="critic loss")
+            ax.plot(it, [r.get("loss_g") for r in rows], lw=1, label="generator loss")
+            ax.legend(loc="best", fontsize=8)
+        else:
+            pts = [(r["iter"], r["swd"]) for r in rows if r.get("swd") is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=1.2, color="tab:green")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("generator iterations")
+    if title:
+        axes[0, 0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,273 @@
+"""Train a Wasserstein GAN: ``python -m fastwgan.train [flags]`` (``--help`` lists them).
+
+Reads top to bottom: config, device, data, models, optimizers, resume, then the loop of phases
+(n_critic critic steps, one generator step) with logging, samples and checkpoints at intervals.
+Losses stay on the device and are read at log points only.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from fastwgan import checkpoint as ckpt_io
+from fastwgan.config import Config, ConfigError, build_parser, config_from_args
+from fastwgan.data import Batches, DataError, open_dataset, sample_images
+from fastwgan.models import Critic, Generator
+from fastwgan.outputs import MetricsLog, plot_losses, save_grid
+from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
+
+DESCRIPTION = """\
+Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
+per generator step) with the DCGAN networks of the paper's code.
+
+examples:
+  python -m fastwgan.train --preset cpu                  # built-in faces, a few minutes on a CPU
+  python -m fastwgan.train --amp --data ~/celeba/img_align_celeba --crop 108 --out runs/celeba
+  python -m fastwgan.train --resume runs/celeba --iters 200000   # continue, exactly
+"""
+
+# Flags that define the networks: a resumed run keeps the checkpoint's values.
+ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss")
+N_SAMPLES = 64  # 8x8 grids
+
+
+class Stop(Exception):
+    """Ends a run with a message and an exit code, after whatever could be saved was saved."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA device is available "
+                          f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})")
+    return torch.device(name)
+
+
+def amp_dtype(cfg: Config, device: torch.device, log) -> Optional[torch.dtype]:
+    if not cfg.amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log("warning: --amp: this GPU has no bf16 support; training in fp32")
+        return None
+    return torch.bfloat16
+
+
+def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict]]:
+    """The run's config, and the checkpoint to resume from (or None)."""
+    parser = build_parser(description=DESCRIPTION)
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        cfg = config_from_args(args)
+        if (Path(cfg.out) / ckpt_io.CHECKPOINT_NAME).exists() and not cfg.overwrite:
+            raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume {cfg.out}, "
+                              "or pass another --out (or --overwrite to start it again)")
+        return cfg, None
+    ckpt = ckpt_io.load(args.resume)
+    saved = Config.from_dict(ckpt["config"])
+    for name in ARCHITECTURE:
+        given = getattr(args, name)
+        if given is not None and given != getattr(saved, name):
+            raise ConfigError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's "
+                              f"{getattr(saved, name)}; a resumed run keeps its networks")
+    if args.out is None:
+        args.out = str(ckpt_io.checkpoint_path(args.resume).parent)
+    args.preset = None  # the saved config already has the preset applied
+    return config_from_args(args, base=saved), ckpt
+
+
+def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
+    """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    dtype = amp_dtype(cfg, device, log)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # --- data ---
+    dataset = open_dataset(cfg.data)
+    if dataset.synthetic:
+        log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
+            "To train on CelebA: --data /path/to/img_align_celeba --crop 108")
+    else:
+        log(f"data: {len(dataset.files)} images under {dataset.root}")
+    if dataset.warning():
+        log(f"warning: {dataset.warning()}")
+    start_iter = resume["iteration"] if resume else 0
+    batches = Batches(dataset, cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, device,
+                      mode=cfg.data_mode, workers=cfg.workers,
+                      start=resume["data_position"] if resume else 0, progress=cfg.progress)
+    log(f"loader: {batches.mode}" + (" (decoded images from the cache)" if batches.from_cache else ""))
+
+    # --- models and optimizers ---
+    G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
+    D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers).to(device)
+    opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
+    elapsed0 = 0.0
+    if resume:
+        G.load_state_dict(resume["generator"])
+        D.load_state_dict(resume["critic"])
+        opt_g.load_state_dict(resume["opt_g"])
+        opt_d.load_state_dict(resume["opt_d"])
+        elapsed0 = resume.get("elapsed", 0.0)
+        ckpt_io.set_rng_state(resume["rng"])
+        log(f"resumed from iteration {start_iter}")
+    step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, dtype)
+    log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"precision: {'bf16 autocast' if dtype else 'fp32'}, loss: {cfg.loss}, "
+        f"lr {cfg.learning_rate:g}, batch {cfg.batch_size}, {cfg.image_size}x{cfg.image_size}")
+
+    # --- outputs ---
+    (out / "config.json").write_text(cfg.to_json() + "\n")
+    fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    if not (out / "real_samples.png").exists():
+        save_grid(sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1),
+                  out / "real_samples.png", nrow=8)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    if resume:
+        metrics.truncate_after(start_iter)
+    elif metrics.path.exists():
+        metrics.path.unlink()
+
+    def save_samples(iteration: int) -> None:
+        G.eval()
+        with torch.no_grad():
+            save_grid(G(fixed_z), out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+        G.train()
+        plot_losses(metrics.read(), out / "loss.png", title=f"{cfg.loss}, {cfg.image_size}x{cfg.image_size}")
+
+    last_good = {"iteration": start_iter if resume else None}
+
+    def save_checkpoint(iteration: int, elapsed: float) -> None:
+        # host sync: a checkpoint is only written from finite weights
+        if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
+            raise_nonfinite(iteration)
+        ckpt_io.save_atomic({
+            "format": ckpt_io.FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "generator": G.state_dict(), "critic": D.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "iteration": iteration, "data_position": batches.position,
+            "elapsed": elapsed, "rng": ckpt_io.rng_state(),
+        }, out / ckpt_io.CHECKPOINT_NAME)
+        last_good["iteration"] = iteration
+
+    def raise_nonfinite(iteration: int) -> None:
+        kept = (f"the last good checkpoint, from iteration {last_good['iteration']}, is kept in "
+                f"{out / ckpt_io.CHECKPOINT_NAME}" if last_good["iteration"] is not None
+                else "no checkpoint had been written yet")
+        raise Stop(f"the loss became NaN or Inf by iteration {iteration}; stopping. {kept}. "
+                   "Try a lower --lr (or no --amp), and check the data.", 1)
+
+    # SIGINT/SIGTERM: finish the iteration, write a checkpoint, stop. A second signal stops at once.
+    stop_signal: list[int] = []
+
+    def on_signal(signum, _frame):
+        if stop_signal:
+            raise KeyboardInterrupt
+        stop_signal.append(signum)
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    # --- the loop ---
+    sums = torch.zeros(4, device=device)  # loss_d, d_real, d_fake (summed over critic steps), loss_g
+    n_crit = n_gen = 0
+    t_log = time.perf_counter()
+    t_start = t_log - elapsed0
+    images_since_log = 0
+    bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
+               disable=not cfg.progress, smoothing=0.05)
+    try:
+        for it in range(start_iter, cfg.iters):
+            for _ in range(cfg.n_critic_at(it)):
+                real = next(batches)
+                z = torch.randn(cfg.batch_size, cfg.nz, device=device)
+                c = critic_step(G, D, opt_d, real, z, step_cfg)
+                sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
+                n_crit += 1
+                images_since_log += cfg.batch_size
+            z = torch.randn(cfg.batch_size, cfg.nz, device=device)
+            sums[3] += generator_step(G, D, opt_g, z, step_cfg)["loss_g"]
+            n_gen += 1
+            done = it + 1
+            bar.update(1)
+
+            if done % cfg.log_every == 0 or done == cfg.iters:
+                s = sums.tolist()  # host sync
+                if not all(math.isfinite(v) for v in s):
+                    raise_nonfinite(done)
+                now = time.perf_counter()
+                ips = images_since_log / max(now - t_log, 1e-9)
+                row = {
+                    "iter": done, "time": round(now - t_start, 3),
+                    "wdist": (s[1] - s[2]) / n_crit if cfg.loss == "wgan" else None,
+                    "loss_d": s[0] / n_crit, "loss_g": s[3] / n_gen,
+                    "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
+                    "critic_steps": n_crit, "img_per_s": round(ips, 1),
+                }
+                metrics.append(row)
+                w = f"W {row['wdist']:.4f}  " if row["wdist"] is not None else ""
+                bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
+                if not cfg.progress or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
+                    bar.write(f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4f}  "
+                              f"loss_G {row['loss_g']:.4f}  {ips:,.0f} img/s")
+                sums.zero_()
+                n_crit = n_gen = images_since_log = 0
+                t_log = now
+
+            t_io = time.perf_counter()
+            if done % cfg.sample_every == 0 or done == cfg.iters:
+                save_samples(done)
+            if done % cfg.ckpt_every == 0 or done == cfg.iters or stop_signal:
+                save_checkpoint(done, time.perf_counter() - t_start)
+            t_log += time.perf_counter() - t_io  # img/s counts training time only
+            if stop_signal:
+                name = signal.Signals(stop_signal[0]).name
+                raise Stop(f"{name}: stopped at iteration {done}; checkpoint written. Continue with "
+                           f"python -m fastwgan.train --resume {out}", 128 + stop_signal[0])
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    total = time.perf_counter() - t_start
+    log(f"done: {cfg.iters} iterations in {total / 60:.1f} min. Samples: {out / 'samples'}, "
+        f"losses: {out / 'loss.png'}, checkpoint: {out / ckpt_io.CHECKPOINT_NAME}")
+    return {"iteration": cfg.iters, "elapsed": total, "out": str(out)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        cfg, resume = parse_config(argv)
+        if resume and resume["iteration"] >= cfg.iters:
+            print(f"the checkpoint is at iteration {resume['iteration']}, already at --iters "
+                  f"{cfg.iters}; pass a larger --iters to train further")
+            return 0
+        train(cfg, resume)
+    except (ConfigError, DataError, ckpt_io.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Stop as e:
+        print(("error: " if e.code == 1 else "") + str(e), file=sys.stderr)
+        return e.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
