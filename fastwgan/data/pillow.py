@@ -153,9 +153,9 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
     path = cache_dir / f"decoded-{cache_key(files, image_size, crop)}.npy"
     if path.exists():
         try:
-            arr = np.load(path, mmap_mode="r")
+            arr = np.load(path)
             if arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8:
-                return np.ascontiguousarray(arr), True
+                return arr, True
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
     arr = decode_all(files, image_size, crop, workers, progress)

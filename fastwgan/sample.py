@@ -1,0 +1,61 @@
+"""Write a grid of generated images from a checkpoint.
+
+    python -m fastwgan.sample runs/wgan                 # 64 images -> runs/wgan/grid.png
+    python -m fastwgan.sample runs/wgan/checkpoint.pt --n 100 --out faces.png --seed 3
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
+from fastwgan.outputs import save_grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastwgan.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run directory or its checkpoint.pt")
+    p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="output image (default: grid.png beside the checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--nrow", type=int, default=None, help="images per row (default: a square grid)")
+    return p
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, n: int, seed: int, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """``n`` images from z ~ N(0, 1) drawn with ``seed``, in [-1, 1], on the CPU."""
+    z = torch.randn(n, G.nz, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ValueError(f"--n must be at least 1 (got {args.n})")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                              else ("cpu" if args.device == "auto" else args.device))
+        G, cfg = load_generator(args.checkpoint, device)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "grid.png"
+    nrow = args.nrow or math.ceil(math.sqrt(args.n))
+    save_grid(generate(G, args.n, args.seed, device), out, nrow=nrow)
+    print(f"wrote {args.n} samples ({cfg.image_size}x{cfg.image_size}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
