@@ -1,0 +1,129 @@
+"""The Pillow loaders on folders of real-world oddities."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastwgan.data import Batches, DataError, Dataset, open_dataset
+from fastwgan.data.files import list_images, load_image, scan_images
+from fastwgan.data.pillow import EpochBatches, cache_key, load_resident
+
+from oddfiles import make_good_folder, make_odd_folder
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+
+
+def names(paths, root):
+    return sorted(str(p.relative_to(root)) for p in paths)
+
+
+def test_scan_keeps_good_and_skips_bad(tmp_path):
+    root = tmp_path / "odd"
+    expect = make_odd_folder(root)
+    scan = scan_images(root)
+    assert names(scan.files, root) == expect["good"]
+    assert names([p for p, _ in scan.bad], root) == expect["bad"]
+    msg = scan.warning()
+    assert msg.startswith(f"skipped {len(expect['bad'])} unusable file(s)")
+    assert "notes.txt" not in str(list_images(root))
+
+
+@pytest.mark.parametrize("crop", [None, 60])
+def test_every_good_file_decodes_to_rgb(tmp_path, crop):
+    root = tmp_path / "odd"
+    make_odd_folder(root)
+    for p in scan_images(root).files:
+        a = load_image(p, 32, crop)
+        assert a.shape == (32, 32, 3) and a.dtype == np.uint8, p.name
+
+
+def test_grayscale_and_rgba_converted(tmp_path):
+    Image.fromarray(np.full((40, 40), 200, np.uint8), "L").save(tmp_path / "g.png")
+    a = load_image(tmp_path / "g.png", 16, None)
+    assert (a == 200).all()
+    rgba = np.zeros((40, 40, 4), np.uint8)  # fully transparent: composited on white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    assert (load_image(tmp_path / "t.png", 16, None) == 255).all()
+
+
+def test_center_crop_matches_celeba_box(tmp_path):
+    # CelebA 178x218 with crop 108: the box (35, 55, 143, 163) of the original TF code
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    out = load_image(tmp_path / "x.png", 108, 108)
+    assert np.array_equal(out, a[55:163, 35:143])
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        open_dataset(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .jpg"):
+        open_dataset(str(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="could be read"):
+        open_dataset(str(tmp_path / "broken"))
+
+
+def test_epoch_batches_shuffle_per_epoch_and_resume():
+    stream = iter(EpochBatches(10, 3, seed=5))
+    first = [next(stream) for _ in range(7)]
+    epoch0, epoch1 = sum(first[:3], []), sum(first[3:6], [])
+    assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9 and epoch0 != epoch1
+    for start in range(7):
+        resumed = iter(EpochBatches(10, 3, seed=5, start=start))
+        assert [next(resumed) for _ in range(7 - start)] == first[start:]
+
+
+def test_stream_and_resident_give_the_same_batches(tmp_path):
+    make_good_folder(tmp_path / "d", n=10)
+    ds = open_dataset(str(tmp_path / "d"))
+    kw = dict(image_size=16, crop=None, batch_size=4, seed=3, device=torch.device("cpu"))
+    stream = Batches(ds, mode="stream", workers=0, **kw)
+    resident = Batches(ds, mode="resident", **kw)
+    for _ in range(5):  # crosses an epoch boundary
+        a, b = next(stream), next(resident)
+        assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32
+        assert a.min() >= -1 and a.max() <= 1
+        assert torch.equal(a, b)
+    assert stream.position == resident.position == 5
+    # with worker processes, the same batches again
+    workers = Batches(ds, mode="stream", workers=2, start=2, **kw)
+    again = Batches(ds, mode="resident", start=2, **kw)
+    assert torch.equal(next(workers), next(again))
+
+
+def test_fewer_images_than_a_batch(tmp_path):
+    make_good_folder(tmp_path / "d", n=3)
+    with pytest.raises(DataError, match="fewer than one batch"):
+        Batches(open_dataset(str(tmp_path / "d")), 16, None, 4, 0, torch.device("cpu"))
+
+
+def test_resident_cache_round_trip_and_invalidation(tmp_path):
+    files = make_good_folder(tmp_path / "d", n=5)
+    cache = tmp_path / "c"
+    a, hit = load_resident(files, 16, None, cache)
+    assert not hit and a.shape == (5, 3, 16, 16)
+    b, hit = load_resident(files, 16, None, cache)
+    assert hit and np.array_equal(a, b)
+    key = cache_key(files, 16, None)
+    assert cache_key(files, 32, None) != key and cache_key(files, 16, 100) != key
+    Image.new("RGB", (178, 218), (255, 0, 0)).save(files[0])  # a file changes
+    assert cache_key(files, 16, None) != key
+    c, hit = load_resident(files, 16, None, cache)
+    assert not hit and not np.array_equal(a[0], c[0]) and np.array_equal(a[1:], c[1:])
+
+
+def test_odd_folder_trains_through_loader(tmp_path):
+    root = tmp_path / "odd"
+    make_odd_folder(root)
+    ds = open_dataset(str(root))
+    assert isinstance(ds, Dataset) and not ds.synthetic
+    it = Batches(ds, 32, 40, 4, 0, torch.device("cpu"), mode="stream", workers=0)
+    seen = torch.cat([next(it) for _ in range(6)])
+    assert torch.isfinite(seen).all() and seen.shape == (24, 3, 32, 32)

@@ -1,0 +1,184 @@
+"""The trainer end to end: outputs, exact resume, signals, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastwgan import checkpoint as ckpt_io
+from fastwgan import sample, train
+
+from oddfiles import make_good_folder, make_odd_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "smoke", "--no-progress", "--workers", "0"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_good_folder(tmp_path / "data", n=10)
+    return str(tmp_path / "data")
+
+
+def run(*args):
+    return train.main([*TINY, *map(str, args)])
+
+
+def test_every_output(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    assert run("--data", data, "--out", out, "--iters", 4) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["iters"] == 4 and cfg["ngf"] == 8 and cfg["data"] == data
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert {"time", "wdist", "loss_d", "loss_g", "img_per_s"} <= set(r)
+        assert r["wdist"] == pytest.approx(-r["loss_d"], abs=1e-6)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["iter_000002.png", "iter_000004.png"]
+    for png in ["real_samples.png", "loss.png", "samples/iter_000004.png"]:
+        assert (out / png).stat().st_size > 100
+    ck = ckpt_io.load(out)
+    assert ck["iteration"] == 4 and {"generator", "critic", "opt_g", "opt_d", "rng", "config"} <= set(ck)
+    assert "done: 4 iterations" in capsys.readouterr().out
+    # the sample CLI reads it
+    assert sample.main([str(out), "--n", "10", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").exists()
+    # the same --out again is refused rather than overwritten
+    assert run("--data", data, "--out", out) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def states(path):
+    ck = ckpt_io.load(path)
+    return ck, {**{f"G.{k}": v for k, v in ck["generator"].items()},
+                **{f"D.{k}": v for k, v in ck["critic"].items()}}
+
+
+def test_resume_is_exact(tmp_path, data):
+    # n_critic 2 with 3-step warm-up phases; 10 images in batches of 4: epochs end mid-run
+    common = ["--data", data, "--n-critic", 2, "--n-critic-warmup", 3, "--batch-size", 4,
+              "--ckpt-every", 100, "--sample-every", 100]
+    assert run(*common, "--out", tmp_path / "once", "--iters", 6) == 0
+    assert run(*common, "--out", tmp_path / "twice", "--iters", 3) == 0
+    assert run("--resume", tmp_path / "twice", "--iters", 6, "--no-progress") == 0
+    a, sa = states(tmp_path / "once")
+    b, sb = states(tmp_path / "twice")
+    assert a["iteration"] == b["iteration"] == 6 and a["data_position"] == b["data_position"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for opt in ("opt_g", "opt_d"):
+        for i, s in a[opt]["state"].items():
+            assert torch.equal(s["square_avg"], b[opt]["state"][i]["square_avg"])
+    rows = [json.loads(l) for l in (tmp_path / "twice" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_networks(tmp_path, data, capsys):
+    assert run("--data", data, "--out", tmp_path / "r", "--iters", 2) == 0
+    assert train.main(["--resume", str(tmp_path / "r"), "--ngf", "16"]) == 2
+    assert "differs from the checkpoint" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "0"), ("--lr", "-1"), ("--n-critic", "0"), ("--batch-size", "1"), ("--image-size", "48"),
+    ("--clip", "0"), ("--iters", "0"), ("--preset", "nope"), ("--device", "tpu"), ("--batch-size", "x"),
+])
+def test_bad_flags_exit_2(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        code = train.main([flag, value])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_bad_folders_exit_2(tmp_path, capsys):
+    assert run("--data", tmp_path / "missing", "--out", tmp_path / "a") == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.jpg").write_text("not an image")
+    assert run("--data", tmp_path / "junk", "--out", tmp_path / "b") == 2
+    assert "could be read" in capsys.readouterr().err
+
+
+def test_odd_folder_trains(tmp_path, capsys):
+    make_odd_folder(tmp_path / "odd")
+    assert run("--data", tmp_path / "odd", "--out", tmp_path / "r", "--iters", 2, "--crop", 40) == 0
+    assert "skipped 4 unusable file(s)" in capsys.readouterr().out
+
+
+def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys):
+    real_step = train.generator_step
+    calls = []
+
+    def poisoned(G, D, opt, z, cfg):
+        calls.append(1)
+        out = real_step(G, D, opt, z, cfg)
+        if len(calls) >= 3:  # from the third generator step on
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("nan"))
+            out["loss_g"] = out["loss_g"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train, "generator_step", poisoned)
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 6, "--ckpt-every", 2) == 1
+    err = capsys.readouterr().err
+    assert "NaN or Inf" in err and "iteration 2" in err
+    assert ckpt_io.load(out)["iteration"] == 2  # the good one, untouched
+
+
+def test_sigint_writes_checkpoint_and_resumes(tmp_path, data):
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "fastwgan.train", *TINY, "--data", data, "--out", str(out),
+                          "--iters", "100000", "--ckpt-every", "100000", "--sample-every", "100000",
+                          "--log-every", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGINT, stderr
+    assert "SIGINT" in stderr and "--resume" in stderr
+    it = ckpt_io.load(out)["iteration"]
+    assert it >= 3
+    assert train.main(["--resume", str(out), "--iters", str(it + 1), "--no-progress"]) == 0
+    assert ckpt_io.load(out)["iteration"] == it + 1
+
+
+def test_sample_cli_errors(tmp_path, capsys):
+    assert sample.main([str(tmp_path / "none.pt")]) == 2
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    assert sample.main([str(tmp_path / "bad.pt")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_help_groups_flags():
+    r = subprocess.run([sys.executable, "-m", "fastwgan.train", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0
+    for title in ("run and outputs:", "data:", "model (DCGAN", "training:", "--n-critic-warmup", "--amp"):
+        assert title in r.stdout
+
+
+@pytest.mark.parametrize("extra", [["--amp"], ["--loss", "gan"]])
+def test_amp_and_gan_train(tmp_path, data, extra):
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 2, *extra) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_d"] == r["loss_d"] for r in rows)  # finite, not NaN
+    if "gan" in extra:
+        assert rows[0]["wdist"] is None and rows[0]["critic_steps"] == 1
