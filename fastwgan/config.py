@@ -51,6 +51,10 @@ class Config:
                         "dataset once and keep it in memory; auto: resident when it is small", "data",
                         choices=("auto", "stream", "resident"))
 
+    data_backend: str = _f("auto", "who decodes JPEGs: dali (on the GPU where there is one), pillow "
+                           "(CPU worker processes); auto: dali when installed", "data",
+                           choices=("auto", "dali", "pillow"))
+
     # --- model ---
     nz: int = _f(100, "size of the noise vector z", "model")
     ngf: int = _f(64, "generator width", "model")
@@ -67,6 +71,15 @@ class Config:
                               "(equal to --n-critic disables these phases)", "training")
     clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step", "training")
     amp: bool = _f(False, "bf16 autocast where the device supports it (fp32 master weights)", "training")
+    backend: str = _f("auto", "fast: fused Triton kernels and CUDA graphs; reference: plain PyTorch; "
+                      "auto: fast on CUDA, reference elsewhere", "training",
+                      choices=("auto", "fast", "reference"))
+    graphs: bool = _f(True, "capture the n_critic loop in CUDA graphs (fast backend on CUDA)", "training")
+
+    # --- evaluation ---
+    eval_every: int = _f(0, "iterations between sliced Wasserstein distances to the data "
+                         "(0: off; slow on a CPU)", "eval")
+    eval_n: int = _f(2048, "generated and real images per evaluation", "eval")
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -99,6 +112,8 @@ class Config:
         need(self.nz >= 1 and self.ngf >= 1 and self.ndf >= 1, "--nz, --ngf and --ndf must be positive")
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
+        need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
+        need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
         for name in ("log_every", "sample_every", "ckpt_every"):
             v = getattr(self, name)
             need(v >= 1, f"--{name.replace('_', '-')} must be at least 1 (got {v})")
@@ -138,6 +153,7 @@ GROUP_TITLES = {
     "data": "data",
     "model": "model (DCGAN, the paper's networks)",
     "training": "training",
+    "eval": "evaluation",
 }
 
 
