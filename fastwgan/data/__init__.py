@@ -6,7 +6,6 @@ same batch, ``load_real_images`` gives a fixed sample of real images for evaluat
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -14,20 +13,13 @@ from typing import Iterator, Optional
 import torch
 
 from fastwgan.data.files import DataError, Scan, scan_images
+from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
 
 __all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images", "cache_root"]
 
 # Decoded datasets up to this size are kept in memory (CelebA at 64x64 is about 2.5 GB).
 RESIDENT_MAX_BYTES = 3 << 30
-
-
-def cache_root() -> Path:
-    """$FASTWGAN_CACHE, else $XDG_CACHE_HOME/fastwgan, else ~/.cache/fastwgan."""
-    if os.environ.get("FASTWGAN_CACHE"):
-        return Path(os.environ["FASTWGAN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastwgan"
 
 
 @dataclass
