@@ -21,8 +21,8 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
 from fastwgan.models import Critic, Generator
+from fastwgan.engine import ReferenceEngine
 from fastwgan.outputs import MetricsLog, plot_losses, save_grid
-from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
@@ -88,6 +88,10 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict]]
     return config_from_args(args, base=saved), ckpt
 
 
+def make_engine(cfg: Config, G, D, batches, device: torch.device, dtype):
+    return ReferenceEngine(cfg, G, D, batches, device, dtype)
+
+
 def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early."""
     from tqdm import tqdm
@@ -115,23 +119,24 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                       start=resume["data_position"] if resume else 0, progress=cfg.progress)
     log(f"loader: {batches.mode}" + (" (decoded images from the cache)" if batches.from_cache else ""))
 
-    # --- models and optimizers ---
+    # --- models, optimizers, engine ---
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
     D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers).to(device)
-    opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
-    elapsed0 = 0.0
-    if resume:
+    if resume:  # before the engine: the fast one re-lays parameters into flat buffers
         G.load_state_dict(resume["generator"])
         D.load_state_dict(resume["critic"])
-        opt_g.load_state_dict(resume["opt_g"])
-        opt_d.load_state_dict(resume["opt_d"])
+    engine = make_engine(cfg, G, D, batches, device, dtype)
+    elapsed0 = 0.0
+    if resume:
+        engine.opt_g.load_state_dict(resume["opt_g"])
+        engine.opt_d.load_state_dict(resume["opt_d"])
         elapsed0 = resume.get("elapsed", 0.0)
         ckpt_io.set_rng_state(resume["rng"])
         log(f"resumed from iteration {start_iter}")
-    step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, dtype)
     log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"precision: {'bf16 autocast' if dtype else 'fp32'}, loss: {cfg.loss}, "
-        f"lr {cfg.learning_rate:g}, batch {cfg.batch_size}, {cfg.image_size}x{cfg.image_size}")
+        f"engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
+        f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
+        f"{cfg.image_size}x{cfg.image_size}")
 
     # --- outputs ---
     (out / "config.json").write_text(cfg.to_json() + "\n")
@@ -162,8 +167,8 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
             "format": ckpt_io.FORMAT_VERSION,
             "config": cfg.to_dict(),
             "generator": G.state_dict(), "critic": D.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "iteration": iteration, "data_position": batches.position,
+            "opt_g": engine.opt_g.state_dict(), "opt_d": engine.opt_d.state_dict(),
+            "iteration": iteration, "data_position": engine.data_position,
             "elapsed": elapsed, "rng": ckpt_io.rng_state(),
         }, out / ckpt_io.CHECKPOINT_NAME)
         last_good["iteration"] = iteration
@@ -186,7 +191,7 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # --- the loop ---
-    sums = torch.zeros(4, device=device)  # loss_d, d_real, d_fake (summed over critic steps), loss_g
+    sums = engine.sums  # loss_d, d_real, d_fake (summed over critic steps), loss_g, on the device
     n_crit = n_gen = 0
     t_log = time.perf_counter()
     t_start = t_log - elapsed0
@@ -195,16 +200,11 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                disable=not cfg.progress, smoothing=0.05)
     try:
         for it in range(start_iter, cfg.iters):
-            for _ in range(cfg.n_critic_at(it)):
-                real = next(batches)
-                z = torch.randn(cfg.batch_size, cfg.nz, device=device)
-                c = critic_step(G, D, opt_d, real, z, step_cfg)
-                sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
-                n_crit += 1
-                images_since_log += cfg.batch_size
-            z = torch.randn(cfg.batch_size, cfg.nz, device=device)
-            sums[3] += generator_step(G, D, opt_g, z, step_cfg)["loss_g"]
+            n_critic = cfg.n_critic_at(it)
+            engine.iteration(n_critic)
+            n_crit += n_critic
             n_gen += 1
+            images_since_log += n_critic * cfg.batch_size
             done = it + 1
             bar.update(1)
 

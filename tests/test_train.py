@@ -119,7 +119,9 @@ def test_odd_folder_trains(tmp_path, capsys):
 
 
 def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys):
-    real_step = train.generator_step
+    from fastwgan import engine
+
+    real_step = engine.generator_step
     calls = []
 
     def poisoned(G, D, opt, z, cfg):
@@ -131,7 +133,7 @@ def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys
             out["loss_g"] = out["loss_g"] * float("nan")
         return out
 
-    monkeypatch.setattr(train, "generator_step", poisoned)
+    monkeypatch.setattr(engine, "generator_step", poisoned)
     out = tmp_path / "r"
     assert run("--data", data, "--out", out, "--iters", 6, "--ckpt-every", 2) == 1
     err = capsys.readouterr().err
