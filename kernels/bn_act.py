@@ -1,0 +1,615 @@
+"""Fused BatchNorm + activation (ReLU, LeakyReLU or none), forward and backward, in Triton.
+
+``bn_act`` equals ``F.batch_norm`` followed by the activation, values and mutated running statistics
+included; ``bn_act_ref`` is that plain-PyTorch composition, the specification, the CPU path and the
+fallback. ``impl="triton"`` falls back to the twin (with one warning) where Triton cannot run: no
+triton, or CPU tensors without the interpreter (``TRITON_INTERPRET=1`` when triton was imported).
+
+Data layout. An (N, C, *spatial) input is read as M = N * S rows by C channels, S = prod(spatial):
+  channels_last (4-D only): one (M, C) row-major matrix, element (m, c) at m * C + c;
+  contiguous NCHW:          N planes of (C, S), element (n, c, s) at (n * C + c) * S + s.
+Both layouts are cut into "units" of BLOCK_R rows (channels_last: BLOCK_R consecutive rows of the
+flat matrix; NCHW: BLOCK_R consecutive spatial positions of one image), so every kernel walks the
+same iteration space with tiles of (BLOCK_R, BLOCK_C) and the output keeps the input's layout.
+
+Grid. The per-channel reductions are split over a 2-D grid (channel blocks, row chunks): a program
+owns BLOCK_C channels and UNITS_PER_PROG consecutive units, and writes one partial result per
+channel to a small fp32 workspace; a tiny finalize kernel (one program per BLOCK_CF channels)
+combines the partials. One program per channel, the obvious design, gives 64-512 programs: too few
+for a 132-SM GPU at 64 channels. The elementwise passes use the same grid.
+
+  training forward   stats partials -> finalize (mean, rstd, running stats) -> normalize + act
+  eval forward       normalize + act with the running statistics (one launch)
+  backward           grad partials (sum g, sum g*x_hat) -> finalize (dweight, dbias) -> dx
+                     where g = dy * act'(y), skipping what ctx.needs_input_grad does not ask for.
+
+Numerics. Everything is computed in fp32 whatever the input dtype; y and dx are rounded once, to
+the input's dtype. Batch variance: each program accumulates per-lane sums of (x - K) and (x - K)^2
+with K the first row of its chunk (a shift close to the mean keeps the sum of squares
+well-conditioned; Chan et al. 1983, "Algorithms for computing the sample variance"), turns them
+into a centered partial (count, mean, M2), and the finalize combines partials with Chan's parallel
+formula: no E[x^2] - E[x]^2 cancellation at any level.
+
+Saved for backward: x (in its own dtype), weight, bias and a fresh fp32 (2, C) tensor of the mean
+and rstd that the forward used. x_hat and the activation mask are recomputed from x with exactly
+the forward's arithmetic. y cannot replace x: ReLU destroys the negative half of x_hat, which the
+BatchNorm backward needs. x is the convolution's output, which nothing else keeps alive, so saving
+it costs one activation of memory; a mask would cost another tensor and the same write traffic.
+
+affine=False: weight and bias may be None (each on its own); they count as ones and zeros and
+their gradients are None, as in F.batch_norm.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # bn_act(impl="triton") falls back to the twin
+    triton = None
+    tl = None
+
+__all__ = ["bn_act", "bn_act_ref", "ACTS"]
+
+ACTS = ("none", "relu", "leaky_relu")
+_ACT_ID = {name: i for i, name in enumerate(ACTS)}  # the kernels' ACT constexpr
+IMPLS = ("ref", "triton")
+
+# triton.jit picks the interpreter when the kernel is decorated, i.e. at import: read the variable
+# the same way, once.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_fallback_warned = False
+
+
+# ------------------------------------------------------------------------------------------------
+# The plain-PyTorch twin: the specification
+# ------------------------------------------------------------------------------------------------
+def bn_act_ref(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
+               act="relu", negative_slope=0.2):
+    """``F.batch_norm`` followed by the activation; same arguments as ``bn_act`` but ``impl``."""
+    _check_act(act)
+    _check_momentum(momentum)
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    if act == "relu":
+        return F.relu(y)
+    if act == "leaky_relu":
+        return F.leaky_relu(y, negative_slope)
+    return y
+
+
+def _check_act(act):
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+
+
+def _check_momentum(momentum):
+    if momentum is None:
+        raise ValueError("momentum=None (cumulative moving average) is not supported: pass a "
+                         "float, as nn.BatchNorm2d does by default (0.1)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point
+# ------------------------------------------------------------------------------------------------
+def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
+           act="relu", negative_slope=0.2, impl="triton"):
+    """BatchNorm (batch statistics when ``training``, else the running ones) then ``act``.
+
+    x: (N, C, *spatial), fp32, fp16 or bf16, contiguous or (4-D) channels_last; y has x's dtype
+    and memory format. weight, bias: (C,) or None. running_mean, running_var: (C,) fp32 buffers,
+    updated in place when training (momentum, unbiased variance), or both None (training only).
+    Differentiable in x, weight and bias; parameter gradients are fp32.
+    """
+    global _fallback_warned
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    _check_act(act)
+    _check_momentum(momentum)
+    if impl == "ref" or x.numel() == 0:  # (nothing to launch for an empty batch)
+        return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                          negative_slope)
+    if triton is None or not (x.is_cuda or _INTERPRET):
+        if not _fallback_warned:
+            _fallback_warned = True
+            why = "triton is not importable" if triton is None else \
+                "CPU tensors need TRITON_INTERPRET=1 set before triton is imported"
+            warnings.warn(f"bn_act: impl='triton' falls back to the PyTorch reference ({why})",
+                          RuntimeWarning, stacklevel=2)
+        return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                          negative_slope)
+    _check_inputs(x, weight, bias, running_mean, running_var, training)
+    return _BnAct.apply(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                        float(eps), _ACT_ID[act], float(negative_slope))
+
+
+def _check_inputs(x, weight, bias, running_mean, running_var, training):
+    if x.dim() < 2:
+        raise ValueError(f"bn_act expects (N, C, *spatial), got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"bn_act supports float32, float16 and bfloat16 inputs, got {x.dtype}")
+    C = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None and (t.shape != (C,) or t.device != x.device):
+            raise ValueError(f"{name} must be a ({C},) tensor on {x.device}, got "
+                             f"{tuple(t.shape)} on {t.device}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be both given or both None")
+    if not training and running_mean is None:
+        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+    if training and x.numel() // C <= 1:  # F.batch_norm's own check
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{tuple(x.shape)}")
+    if x.numel() >= 2**31:
+        raise ValueError("bn_act indexes with int32: inputs must have fewer than 2**31 elements")
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch configuration
+# ------------------------------------------------------------------------------------------------
+_TILE = 4096  # elements of one (BLOCK_R, BLOCK_C) tile on a GPU
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _geometry(x):
+    """(x viewed in a layout the kernels read, channels_last flag, N, C, S)."""
+    N, C = x.shape[0], x.shape[1]
+    S = x.numel() // max(N * C, 1)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not x.is_contiguous():
+        return x, True, N, C, S
+    # Contiguous, or any other strides: read as NCHW (a copy only in the last case). When C == 1
+    # or S == 1 both layouts are the same bytes and the NCHW reading is exact for both.
+    return x.contiguous(), False, N, C, S
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_config(N, C, S, channels_last, device_index):
+    """Tile sizes and the split of rows over programs, fixed per shape (no autotuning)."""
+    M = N * S
+
+    def np2(n):  # block sizes of at least 2: a masked spare lane is free, 1-wide layouts a corner
+        return max(2, triton.next_power_of_2(n))
+
+    if _INTERPRET:
+        # ~1.4 ms per program instance: few programs, but small tiles so that tests still cover
+        # several channel blocks, several row chunks, several units per chunk and ragged tails.
+        BLOCK_C = min(np2(C), 8)
+        BLOCK_R = 8
+        target_programs, num_warps = 3 * triton.cdiv(C, BLOCK_C), 1
+        BLOCK_CF, BLOCK_P = min(np2(C), 8), 2
+    else:
+        if channels_last:  # channels are contiguous: tiles wide in C
+            BLOCK_C = min(np2(C), 64)
+            BLOCK_R = min(_TILE // BLOCK_C, np2(M))
+        else:  # spatial positions are contiguous: tiles long in S
+            BLOCK_R = min(np2(S), 512)
+            BLOCK_C = min(np2(C), _TILE // BLOCK_R)
+        target_programs = 4 * _num_sms(device_index)
+        num_warps = 8 if BLOCK_R * BLOCK_C >= 4096 else 4
+        BLOCK_CF, BLOCK_P = min(np2(C), 32), 128
+    n_cblocks = triton.cdiv(C, BLOCK_C)
+    nsb = triton.cdiv(S, BLOCK_R)  # units per image (NCHW only)
+    units = triton.cdiv(M, BLOCK_R) if channels_last else N * nsb
+    chunks = max(1, min(units, triton.cdiv(target_programs, n_cblocks)))
+    units_per_prog = triton.cdiv(units, chunks)
+    chunks = triton.cdiv(units, units_per_prog)  # no program without work
+    return dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, n_cblocks=n_cblocks, nsb=nsb, units=units,
+                units_per_prog=units_per_prog, chunks=chunks, num_warps=num_warps,
+                BLOCK_CF=BLOCK_CF, BLOCK_P=min(BLOCK_P, np2(chunks)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _tile(
+        u,                          # unit index
+        cols,                       # (BLOCK_C,) channel indices
+        M, C, S, NSB,               # rows, channels, spatial size, units per image (NCHW)
+        BLOCK_R: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
+        """Element offsets (BLOCK_R, BLOCK_C) and the row mask (BLOCK_R,) of unit ``u``."""
+        r = tl.arange(0, BLOCK_R)
+        if CHANNELS_LAST:  # (M, C) row-major
+            rows = u * BLOCK_R + r
+            row_mask = rows < M
+            offs = rows[:, None] * C + cols[None, :]
+        else:  # (N, C, S): unit u is spatial block u % NSB of image u // NSB
+            n = u // NSB
+            s = (u % NSB) * BLOCK_R + r
+            row_mask = s < S
+            offs = n * C * S + cols[None, :] * S + s[:, None]
+        return offs, row_mask
+
+    @triton.jit
+    def _act_fwd(y, negative_slope, ACT: tl.constexpr):
+        if ACT == 1:  # relu
+            y = tl.where(y > 0, y, 0.0)
+        elif ACT == 2:  # leaky_relu
+            y = tl.where(y > 0, y, y * negative_slope)
+        return y
+
+    @triton.jit
+    def _act_bwd(dy, y_pre, negative_slope, ACT: tl.constexpr):
+        """dy * act'(y_pre); the derivative at 0 is torch's (0 for relu, slope for leaky)."""
+        if ACT == 1:
+            dy = tl.where(y_pre > 0, dy, 0.0)
+        elif ACT == 2:
+            dy = tl.where(y_pre > 0, dy, dy * negative_slope)
+        return dy
+
+    @triton.jit
+    def _bn_stats_partial_kernel(
+        x_ptr,                      # input, (N, C, *spatial) in either layout
+        part_ptr,                   # fp32 (3, chunks, C) out: count, mean, M2 of each chunk
+        M, C, S, NSB,               # rows, channels, spatial size, units per image (NCHW)
+        UNITS, UNITS_PER_PROG,      # units in all, units per row chunk
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        chunks = tl.num_programs(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        u_start = pid_k * UNITS_PER_PROG
+        u_end = tl.minimum(u_start + UNITS_PER_PROG, UNITS)
+        # shift: the chunk's first row (always valid), close to the mean in distribution
+        if CHANNELS_LAST:
+            first = u_start * BLOCK_R * C + cols
+        else:
+            first = (u_start // NSB) * C * S + cols * S + (u_start % NSB) * BLOCK_R
+        shift = tl.load(x_ptr + first, mask=col_mask, other=0.0).to(tl.float32)
+        # accumulate per lane: sums of (x - shift), (x - shift)^2, and the row count
+        s1 = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        cnt = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for u in range(u_start, u_end):
+            offs, row_mask = _tile(u, cols, M, C, S, NSB, BLOCK_R, CHANNELS_LAST)
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, x - shift[None, :], 0.0)
+            s1 += d
+            s2 += d * d
+            cnt += row_mask.to(tl.float32)
+        # reduce the lanes, then centre: M2 = sum d^2 - (sum d)^2 / n, well-conditioned thanks
+        # to the shift
+        n = tl.sum(cnt, axis=0)
+        sum_d = tl.sum(s1, axis=0)
+        mean = shift + sum_d / n
+        m2 = tl.maximum(tl.sum(s2, axis=0) - sum_d * (sum_d / n), 0.0)
+        out = part_ptr + pid_k * C + cols
+        tl.store(out, tl.zeros([BLOCK_C], dtype=tl.float32) + n, mask=col_mask)
+        tl.store(out + chunks * C, mean, mask=col_mask)
+        tl.store(out + 2 * chunks * C, m2, mask=col_mask)
+
+    @triton.jit
+    def _bn_stats_finalize_kernel(
+        part_ptr,                   # fp32 (3, P, C): count, mean, M2 per chunk
+        stats_ptr,                  # fp32 (2, C) out: batch mean, rstd
+        running_mean_ptr,           # (C,) updated in place when HAS_RUNNING
+        running_var_ptr,            # (C,) updated in place when HAS_RUNNING
+        C, P,                       # channels, chunks
+        eps, momentum,
+        HAS_RUNNING: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        n = tl.zeros([BLOCK_C], dtype=tl.float32)
+        mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+        m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            # load a block of partials (masked ones have count 0 and weigh nothing)
+            ps = p0 + tl.arange(0, BLOCK_P)
+            mask = (ps < P)[:, None] & col_mask[None, :]
+            offs = ps[:, None] * C + cols[None, :]
+            n_i = tl.load(part_ptr + offs, mask=mask, other=0.0)
+            mean_i = tl.load(part_ptr + P * C + offs, mask=mask, other=0.0)
+            m2_i = tl.load(part_ptr + 2 * P * C + offs, mask=mask, other=0.0)
+            # combine the block: its count, mean and M2
+            n_b = tl.sum(n_i, axis=0)
+            n_b_safe = tl.where(n_b > 0, n_b, 1.0)
+            mean_b = tl.sum(n_i * mean_i, axis=0) / n_b_safe
+            dev = mean_i - mean_b[None, :]
+            m2_b = tl.sum(m2_i + n_i * dev * dev, axis=0)
+            # Chan's parallel update of the running (n, mean, M2)
+            n_new = n + n_b
+            n_new_safe = tl.where(n_new > 0, n_new, 1.0)
+            delta = mean_b - mean
+            mean += delta * (n_b / n_new_safe)
+            m2 += m2_b + delta * delta * (n * (n_b / n_new_safe))
+            n = n_new
+        n_safe = tl.where(n > 0, n, 2.0)
+        var = m2 / n_safe  # biased: what normalisation uses
+        rstd = tl.rsqrt(var + eps)
+        tl.store(stats_ptr + cols, mean, mask=col_mask)
+        tl.store(stats_ptr + C + cols, rstd, mask=col_mask)
+        if HAS_RUNNING:  # torch's update, with the unbiased variance M2 / (n - 1)
+            rm = tl.load(running_mean_ptr + cols, mask=col_mask, other=0.0)
+            rv = tl.load(running_var_ptr + cols, mask=col_mask, other=0.0)
+            rm_new = (1.0 - momentum) * rm.to(tl.float32) + momentum * mean
+            rv_new = (1.0 - momentum) * rv.to(tl.float32) + momentum * (m2 / (n_safe - 1.0))
+            tl.store(running_mean_ptr + cols, rm_new.to(rm.dtype), mask=col_mask)
+            tl.store(running_var_ptr + cols, rv_new.to(rv.dtype), mask=col_mask)
+
+    @triton.jit
+    def _bn_act_fwd_kernel(
+        x_ptr,                      # input, (N, C, *spatial)
+        y_ptr,                      # output, same shape, layout and dtype
+        mean_ptr,                   # (C,) batch mean (training) or running_mean (eval)
+        second_ptr,                 # (C,) batch rstd (training) or running_var (eval)
+        w_ptr,                      # (C,) weight
+        b_ptr,                      # (C,) bias
+        saved_ptr,                  # fp32 (2, C) out, eval only: the mean and rstd used
+        M, C, S, NSB, UNITS, UNITS_PER_PROG,
+        eps, negative_slope,
+        ACT: tl.constexpr,
+        FROM_RUNNING: tl.constexpr,  # second_ptr holds a variance: rstd = rsqrt(var + eps)
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        # per-channel affine map: y = x * scale + shift
+        mean = tl.load(mean_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        second = tl.load(second_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
+        if FROM_RUNNING:
+            rstd = tl.rsqrt(second + eps)
+            if pid_k == 0:
+                tl.store(saved_ptr + cols, mean, mask=col_mask)
+                tl.store(saved_ptr + C + cols, rstd, mask=col_mask)
+        else:
+            rstd = second
+        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        scale = rstd * w
+        shift = b - mean * scale
+        u_start = pid_k * UNITS_PER_PROG
+        u_end = tl.minimum(u_start + UNITS_PER_PROG, UNITS)
+        for u in range(u_start, u_end):
+            # load, normalise, activate, store in y's dtype
+            offs, row_mask = _tile(u, cols, M, C, S, NSB, BLOCK_R, CHANNELS_LAST)
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = _act_fwd(x * scale[None, :] + shift[None, :], negative_slope, ACT)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _bn_act_bwd_partial_kernel(
+        x_ptr,                      # saved input, (N, C, *spatial)
+        dy_ptr,                     # upstream gradient, same shape and layout
+        stats_ptr,                  # fp32 (2, C): mean, rstd of the forward
+        w_ptr,                      # (C,) weight
+        b_ptr,                      # (C,) bias
+        part_ptr,                   # fp32 (2, chunks, C) out: sum g, sum g * x_hat per chunk
+        M, C, S, NSB, UNITS, UNITS_PER_PROG,
+        negative_slope,
+        ACT: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        chunks = tl.num_programs(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        mean = tl.load(stats_ptr + cols, mask=col_mask, other=0.0)
+        rstd = tl.load(stats_ptr + C + cols, mask=col_mask, other=0.0)
+        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        scale = rstd * w
+        shift = b - mean * scale
+        acc_g = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        acc_gx = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        u_start = pid_k * UNITS_PER_PROG
+        u_end = tl.minimum(u_start + UNITS_PER_PROG, UNITS)
+        for u in range(u_start, u_end):
+            offs, row_mask = _tile(u, cols, M, C, S, NSB, BLOCK_R, CHANNELS_LAST)
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            # the activation's mask from the forward's pre-activation, recomputed
+            g = _act_bwd(dy, x * scale[None, :] + shift[None, :], negative_slope, ACT)
+            x_hat = (x - mean[None, :]) * rstd[None, :]
+            acc_g += g
+            acc_gx += g * x_hat
+        out = part_ptr + pid_k * C + cols
+        tl.store(out, tl.sum(acc_g, axis=0), mask=col_mask)
+        tl.store(out + chunks * C, tl.sum(acc_gx, axis=0), mask=col_mask)
+
+    @triton.jit
+    def _bn_act_bwd_finalize_kernel(
+        part_ptr,                   # fp32 (2, P, C): sum g, sum g * x_hat per chunk
+        dw_ptr,                     # fp32 (C,) out when WRITE_DW: sum g * x_hat
+        db_ptr,                     # fp32 (C,) out when WRITE_DB: sum g
+        coef_ptr,                   # fp32 (2, C) out when WRITE_COEF: mean g, mean g * x_hat
+        C, P, inv_n,
+        WRITE_DW: tl.constexpr,
+        WRITE_DB: tl.constexpr,
+        WRITE_COEF: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        acc_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            mask = (ps < P)[:, None] & col_mask[None, :]
+            offs = ps[:, None] * C + cols[None, :]
+            acc_g += tl.load(part_ptr + offs, mask=mask, other=0.0)
+            acc_gx += tl.load(part_ptr + P * C + offs, mask=mask, other=0.0)
+        sum_g = tl.sum(acc_g, axis=0)
+        sum_gx = tl.sum(acc_gx, axis=0)
+        if WRITE_DW:
+            tl.store(dw_ptr + cols, sum_gx, mask=col_mask)
+        if WRITE_DB:
+            tl.store(db_ptr + cols, sum_g, mask=col_mask)
+        if WRITE_COEF:
+            tl.store(coef_ptr + cols, sum_g * inv_n, mask=col_mask)
+            tl.store(coef_ptr + C + cols, sum_gx * inv_n, mask=col_mask)
+
+    @triton.jit
+    def _bn_act_bwd_dx_kernel(
+        x_ptr,                      # saved input, (N, C, *spatial)
+        dy_ptr,                     # upstream gradient, same shape and layout
+        dx_ptr,                     # out, same shape, layout and dtype as x
+        stats_ptr,                  # fp32 (2, C): mean, rstd of the forward
+        w_ptr,                      # (C,) weight
+        b_ptr,                      # (C,) bias
+        coef_ptr,                   # fp32 (2, C): mean g, mean g * x_hat (TRAINING only)
+        M, C, S, NSB, UNITS, UNITS_PER_PROG,
+        negative_slope,
+        ACT: tl.constexpr,
+        TRAINING: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
+        pid_c = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_mask = cols < C
+        mean = tl.load(stats_ptr + cols, mask=col_mask, other=0.0)
+        rstd = tl.load(stats_ptr + C + cols, mask=col_mask, other=0.0)
+        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        scale = rstd * w
+        shift = b - mean * scale
+        if TRAINING:
+            mean_g = tl.load(coef_ptr + cols, mask=col_mask, other=0.0)
+            mean_gx = tl.load(coef_ptr + C + cols, mask=col_mask, other=0.0)
+        u_start = pid_k * UNITS_PER_PROG
+        u_end = tl.minimum(u_start + UNITS_PER_PROG, UNITS)
+        for u in range(u_start, u_end):
+            offs, row_mask = _tile(u, cols, M, C, S, NSB, BLOCK_R, CHANNELS_LAST)
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = _act_bwd(dy, x * scale[None, :] + shift[None, :], negative_slope, ACT)
+            if TRAINING:
+                # BatchNorm backward with batch statistics (Ioffe & Szegedy 2015, section 3):
+                # dx = rstd * w * (g - mean(g) - x_hat * mean(g * x_hat))
+                x_hat = (x - mean[None, :]) * rstd[None, :]
+                dx = scale[None, :] * (g - mean_g[None, :] - x_hat * mean_gx[None, :])
+            else:  # the statistics are constants
+                dx = scale[None, :] * g
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch wrappers and the autograd Function
+# ------------------------------------------------------------------------------------------------
+def _device_index(t):
+    return t.device.index if t.is_cuda else -1
+
+
+def _grid_args(cfg, N, C, S):
+    M = N * S
+    return (M, C, S, cfg["nsb"], cfg["units"], cfg["units_per_prog"])
+
+
+class _BnAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                negative_slope):
+        # (1) shapes and layout
+        x, channels_last, N, C, S = _geometry(x)
+        cfg = _launch_config(N, C, S, channels_last, _device_index(x))
+        grid = (cfg["n_cblocks"], cfg["chunks"])
+        dims = _grid_args(cfg, N, C, S)
+        blocks = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], CHANNELS_LAST=channels_last,
+                      num_warps=cfg["num_warps"])
+        f32 = dict(dtype=torch.float32, device=x.device)
+        w = weight if weight is not None else torch.ones(C, **f32)
+        b = bias if bias is not None else torch.zeros(C, **f32)
+        # (2) allocate
+        y = torch.empty_like(x)
+        stats = torch.empty((2, C), **f32)  # mean, rstd: saved for backward
+        # (3) launch
+        if training:
+            part = torch.empty((3, cfg["chunks"], C), **f32)
+            _bn_stats_partial_kernel[grid](x, part, *dims, **blocks)
+            has_running = running_mean is not None
+            _bn_stats_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
+                part, stats,
+                running_mean if has_running else stats, running_var if has_running else stats,
+                C, cfg["chunks"], eps, momentum,
+                HAS_RUNNING=has_running, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"],
+                num_warps=4)
+            _bn_act_fwd_kernel[grid](x, y, stats[0], stats[1], w, b, stats, *dims, eps,
+                                     negative_slope, ACT=act, FROM_RUNNING=False, **blocks)
+        else:
+            _bn_act_fwd_kernel[grid](x, y, running_mean, running_var, w, b, stats, *dims, eps,
+                                     negative_slope, ACT=act, FROM_RUNNING=True, **blocks)
+        ctx.save_for_backward(x, w, b, stats)
+        ctx.geometry = (channels_last, N, C, S)
+        ctx.training, ctx.act, ctx.negative_slope = training, act, negative_slope
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, w, b, stats = ctx.saved_tensors
+        channels_last, N, C, S = ctx.geometry
+        need_dx = ctx.needs_input_grad[0]
+        need_dw = ctx.needs_input_grad[1] and ctx.has_weight
+        need_db = ctx.needs_input_grad[2] and ctx.has_bias
+        dx = dw = db = None
+        # the kernels read dy with x's layout
+        dy = dy.contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
+        cfg = _launch_config(N, C, S, channels_last, _device_index(x))
+        grid = (cfg["n_cblocks"], cfg["chunks"])
+        dims = _grid_args(cfg, N, C, S)
+        blocks = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], CHANNELS_LAST=channels_last,
+                      num_warps=cfg["num_warps"])
+        f32 = dict(dtype=torch.float32, device=x.device)
+        need_coef = need_dx and ctx.training
+        coef = None
+        if need_dw or need_db or need_coef:
+            # per-channel sums of g and g * x_hat, split over programs, then combined
+            part = torch.empty((2, cfg["chunks"], C), **f32)
+            _bn_act_bwd_partial_kernel[grid](x, dy, stats, w, b, part, *dims, ctx.negative_slope,
+                                             ACT=ctx.act, **blocks)
+            dw = torch.empty(C, **f32) if need_dw else None
+            db = torch.empty(C, **f32) if need_db else None
+            coef = torch.empty((2, C), **f32) if need_coef else None
+            _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
+                part, dw if need_dw else part, db if need_db else part,
+                coef if need_coef else part, C, cfg["chunks"], 1.0 / (N * S),
+                WRITE_DW=need_dw, WRITE_DB=need_db, WRITE_COEF=need_coef,
+                BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
+        if need_dx:
+            dx = torch.empty_like(x)
+            _bn_act_bwd_dx_kernel[grid](x, dy, dx, stats, w, b, coef if need_coef else stats,
+                                        *dims, ctx.negative_slope, ACT=ctx.act,
+                                        TRAINING=ctx.training, **blocks)
+        if dw is not None and dw.dtype != w.dtype:
+            dw = dw.to(w.dtype)
+        if db is not None and db.dtype != b.dtype:
+            db = db.to(b.dtype)
+        return dx, dw, db, None, None, None, None, None, None, None
