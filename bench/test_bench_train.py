@@ -1,71 +1,133 @@
-"""Training throughput: the reference critic step and one full generator iteration.
+"""End-to-end training throughput: generator iterations/s and real images/s, every engine.
 
-At the paper's sizes on a GPU (64x64, ngf = ndf = 64, batch 64, n_critic 5); on a CPU at 32x32,
-width 16, batch 16 so that the benchmark finishes in seconds. ``extra_info`` carries real images
-per second (images through the critic) and the device.
+One generator iteration = n_critic (5) critic steps + one generator step, batch 64, 64x64, the
+paper's DCGAN widths on a GPU; on a CPU 32x32, width 16, batch 16 (seconds, not minutes). Real
+batches come from a device-resident sampler for every row, so the rows compare model speed (the
+data pipeline has its own benchmark, test_bench_data.py).
+
+Rows, all in one run on one device: the reference eager in fp32 and bf16, the reference under
+``torch.compile(mode="max-autotune")``, the fast engine without graphs, and with graphs in fp32
+and bf16. ``extra_info`` carries img/s, gen_iters/s, the ratio to the eager fp32 reference of the
+same run (when it ran first, as it does in file order) and the projected time of the paper's full
+recipe: 1e5 generator iterations, of which 224 are 100-critic-step phases.
 
     pytest bench/test_bench_train.py --benchmark-only
 """
+from __future__ import annotations
+
+import os
+import time
+
 import pytest
 import torch
 
 from fastwgan.config import Config
+from fastwgan.data.dali import ResidentSampler
+from fastwgan.engine import ReferenceEngine
+from fastwgan.fast import FastEngine
 from fastwgan.models import Critic, Generator
-from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
+from fastwgan.steps import StepConfig, critic_step, make_optimizers
 
 from conftest import device_name, synced
+
+RECIPE_ITERS, RECIPE_PHASES = 100_000, 224  # 25 first + 199 multiples of 500 (FACTS.md)
+_BASELINE: dict[str, float] = {}  # device -> eager fp32 reference seconds per iteration
 
 
 def sizes(device):
     if device.type == "cuda":
-        return dict(image_size=64, width=64, batch=64)
-    return dict(image_size=32, width=16, batch=16)
+        return dict(image_size=64, ngf=64, ndf=64, batch_size=64)
+    return dict(image_size=32, ngf=16, ndf=16, batch_size=16)
 
 
-def setup(device, amp):
+def make(device, engine: str, amp: bool, compile_mode: str | None = None):
     s = sizes(device)
+    cfg = Config(**s, n_critic=5, n_critic_warmup=100)
     torch.manual_seed(0)
-    G = Generator(s["image_size"], 100, s["width"]).to(device)
-    D = Critic(s["image_size"], s["width"]).to(device)
-    opt_g, opt_d = make_optimizers(G, D, "wgan", 5e-5)
-    real = torch.rand(s["batch"], 3, s["image_size"], s["image_size"], device=device) * 2 - 1
-    cfg = StepConfig("wgan", 0.01, torch.bfloat16 if amp else None)
-    return s, G, D, opt_g, opt_d, real, cfg
+    G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
+    D = Critic(cfg.image_size, cfg.ndf).to(device)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (4096, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g)
+    sampler = ResidentSampler(data, cfg.batch_size, device=device)
+    dtype = torch.bfloat16 if amp else None
+    if engine == "reference":
+        if compile_mode:
+            G.forward = torch.compile(G.forward, mode=compile_mode)
+            D.forward = torch.compile(D.forward, mode=compile_mode)
+        return cfg, ReferenceEngine(cfg, G, D, sampler, device, dtype)
+    return cfg, FastEngine(cfg, G, D, sampler, device, dtype, graphs=engine == "fast-graphs")
 
 
-def info(benchmark, device, s, images_per_call, label):
-    mean = benchmark.stats.stats.mean
+def measure(benchmark, device, cfg, eng, label):
+    run5 = synced(lambda: eng.iteration(cfg.n_critic), device)
+    run100 = synced(lambda: eng.iteration(cfg.n_critic_warmup), device)
+    for _ in range(2):  # warm-up: compilation, cuDNN algorithm search, graph capture
+        run5()
+    cpu = device.type == "cpu"
+    benchmark.pedantic(run5, rounds=3 if cpu else 30, iterations=1 if cpu else 5)
+    t5 = benchmark.stats.stats.mean
+    t0 = time.perf_counter()
+    run100()
+    t100 = time.perf_counter() - t0
+    key = str(device)
+    if label == "reference eager fp32":
+        _BASELINE[key] = t5
+    images = cfg.n_critic * cfg.batch_size
     benchmark.extra_info.update({
-        "device": device_name(device), "backend": label, "batch": s["batch"],
-        "image_size": s["image_size"], "width": s["width"],
-        "img_per_s": images_per_call / mean,
+        "device": device_name(device), "engine": label, "batch": cfg.batch_size,
+        "image_size": cfg.image_size, "width": cfg.ngf,
+        "img_per_s": images / t5, "gen_iters_per_s": 1 / t5,
+        "s_per_100_critic_iteration": t100,
+        "recipe_projected_min": ((RECIPE_ITERS - RECIPE_PHASES) * t5 + RECIPE_PHASES * t100) / 60,
+        "speedup_vs_reference_eager_fp32": (_BASELINE[key] / t5) if key in _BASELINE else None,
     })
 
 
+def test_reference_eager_fp32(benchmark, bench_device):
+    cfg, eng = make(bench_device, "reference", amp=False)
+    measure(benchmark, bench_device, cfg, eng, "reference eager fp32")
+
+
+def test_reference_eager_bf16(benchmark, bench_device):
+    cfg, eng = make(bench_device, "reference", amp=True)
+    measure(benchmark, bench_device, cfg, eng, "reference eager bf16")
+
+
+@pytest.mark.gpu
+def test_reference_compiled(benchmark, bench_device):
+    mode = os.environ.get("FASTWGAN_BENCH_COMPILE_MODE", "max-autotune")
+    cfg, eng = make(bench_device, "reference", amp=False, compile_mode=mode)
+    measure(benchmark, bench_device, cfg, eng, f"reference torch.compile({mode}) fp32")
+
+
+def test_fast_eager(benchmark, bench_device):
+    cfg, eng = make(bench_device, "fast", amp=False)
+    measure(benchmark, bench_device, cfg, eng, f"fast eager fp32 ({eng.impl} kernels)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_fast_graphs(benchmark, bench_device, amp):
+    cfg, eng = make(bench_device, "fast-graphs", amp=amp)
+    measure(benchmark, bench_device, cfg, eng, f"fast graphs {'bf16' if amp else 'fp32'}")
+    assert eng.capture_error is None, eng.capture_error
+
+
+# --- single steps (the reference), for the per-phase cost ---
+
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_reference_critic_step(benchmark, bench_device, amp):
-    s, G, D, _, opt_d, real, cfg = setup(bench_device, amp)
-    z = torch.randn(s["batch"], 100, device=bench_device)
+    s = sizes(bench_device)
+    torch.manual_seed(0)
+    G = Generator(s["image_size"], 100, s["ngf"]).to(bench_device)
+    D = Critic(s["image_size"], s["ndf"]).to(bench_device)
+    opt_g, opt_d = make_optimizers(G, D, "wgan", 5e-5)
+    B = s["batch_size"]
+    real = torch.rand(B, 3, s["image_size"], s["image_size"], device=bench_device) * 2 - 1
+    z = torch.randn(B, 100, device=bench_device)
+    cfg = StepConfig("wgan", 0.01, torch.bfloat16 if amp else None)
     step = synced(lambda: critic_step(G, D, opt_d, real, z, cfg), bench_device)
-    step()  # warm-up
-    benchmark.pedantic(step, rounds=10 if bench_device.type == "cpu" else 50, iterations=1)
-    info(benchmark, bench_device, s, s["batch"], f"reference eager {'bf16' if amp else 'fp32'}")
-
-
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-def test_reference_generator_iteration(benchmark, bench_device, amp):
-    """n_critic = 5 critic steps and one generator step: one generator iteration."""
-    s, G, D, opt_g, opt_d, real, cfg = setup(bench_device, amp)
-    n_critic = Config().n_critic
-    B = s["batch"]
-
-    def iteration():
-        for _ in range(n_critic):
-            critic_step(G, D, opt_d, real, torch.randn(B, 100, device=bench_device), cfg)
-        return generator_step(G, D, opt_g, torch.randn(B, 100, device=bench_device), cfg)
-
-    run = synced(iteration, bench_device)
-    run()
-    benchmark.pedantic(run, rounds=5 if bench_device.type == "cpu" else 20, iterations=1)
-    info(benchmark, bench_device, s, n_critic * B, f"reference eager {'bf16' if amp else 'fp32'}")
-    benchmark.extra_info["gen_iters_per_s"] = 1 / benchmark.stats.stats.mean
+    step()
+    benchmark.pedantic(step, rounds=5 if bench_device.type == "cpu" else 50, iterations=1)
+    benchmark.extra_info.update({"device": device_name(bench_device), "batch": B,
+                                 "img_per_s": B / benchmark.stats.stats.mean})

@@ -28,12 +28,14 @@ class StepConfig:
     # clips in its own update (fastwgan.optim.RMSpropClip)
     clip: Optional[float] = 0.01
     amp_dtype: Optional[torch.dtype] = None  # autocast dtype (bf16), None for full precision
+    # autocast's weight-cast cache must be off while a CUDA graph is captured
+    autocast_cache: bool = True
 
 
-def autocast(x: torch.Tensor, amp_dtype: Optional[torch.dtype]):
-    if amp_dtype is None:
+def autocast(x: torch.Tensor, cfg: StepConfig):
+    if cfg.amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(x.device.type, dtype=amp_dtype)
+    return torch.autocast(x.device.type, dtype=cfg.amp_dtype, cache_enabled=cfg.autocast_cache)
 
 
 @torch.no_grad()
@@ -50,10 +52,10 @@ def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: 
     Real and fake go through the critic as two batches, as in the paper's code: with BatchNorm in
     training mode each is normalised by its own statistics.
     """
-    with torch.no_grad(), autocast(z, cfg.amp_dtype):
+    with torch.no_grad(), autocast(z, cfg):
         fake = G(z)
     opt_d.zero_grad(set_to_none=True)
-    with autocast(real, cfg.amp_dtype):
+    with autocast(real, cfg):
         out_real = D(real).float()
         out_fake = D(fake).float()
     if cfg.loss == "wgan":
@@ -78,7 +80,7 @@ def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: 
         p.requires_grad_(False)
     opt_g.zero_grad(set_to_none=True)
     try:
-        with autocast(z, cfg.amp_dtype):
+        with autocast(z, cfg):
             out = D(G(z)).float()
         if cfg.loss == "wgan":
             loss_g = -out.mean()

@@ -1,0 +1,163 @@
+"""The fast engine: fused kernels, device-side data and noise, the n_critic loop in CUDA graphs.
+
+The phases are the reference's (fastwgan.steps); what changes is where they run:
+
+* the blocks use the fused BatchNorm + activation kernel (``impl="triton"``) in channels_last;
+* the critic's optimizer is ``RMSpropClip`` with the clipping inside its update, the generator's
+  the same without clipping (``--loss gan``: torch's fused, capturable Adam);
+* real batches come from a ``ResidentSampler`` (the decoded dataset on the device, indices drawn
+  on the device) and z is drawn on the device: no host work per step;
+* on CUDA, after one eager iteration on a side stream (which compiles every Triton kernel and
+  picks the cuDNN algorithms), three graphs are captured: one critic step, one generator step,
+  and a whole iteration (n_critic critic steps and the generator step). An ordinary iteration is
+  one replay; the warm-up phases (``--n-critic-warmup``) replay the critic graph and then the
+  generator graph, without recapture;
+* losses accumulate in a device buffer read at log intervals only.
+
+On a CPU the same engine runs eagerly with the plain-PyTorch twins, so the loop code is the one
+the tests exercise. ``--no-graphs`` runs it eagerly on CUDA too.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fastwgan.config import Config
+from fastwgan.models import set_impl
+from fastwgan.steps import StepConfig, critic_step, generator_step
+
+WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
+
+
+def kernels_impl(device: torch.device) -> str:
+    """Compiled Triton kernels on CUDA; the plain-PyTorch twins elsewhere."""
+    return "triton" if device.type == "cuda" else "ref"
+
+
+def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
+    if cfg.loss == "wgan":
+        from fastwgan.optim import RMSpropClip
+
+        return (RMSpropClip(G.parameters(), lr=cfg.learning_rate, clip=None, impl=impl),
+                RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl))
+    cuda = next(G.parameters()).is_cuda
+    kw = dict(lr=cfg.learning_rate, betas=(0.5, 0.999), fused=cuda, capturable=cuda)
+    return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
+
+
+class FastEngine:
+    """Runs generator iterations from captured CUDA graphs (or eagerly on a CPU)."""
+
+    name = "fast"
+
+    def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, sampler, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], graphs: bool = True, impl: Optional[str] = None):
+        self.cfg, self.G, self.D, self.sampler, self.device = cfg, G, D, sampler, device
+        self.impl = impl or kernels_impl(device)
+        set_impl(G, self.impl)
+        set_impl(D, self.impl)
+        if device.type == "cuda":
+            # before the optimizers: they lay the parameters out in flat buffers, keeping strides
+            G.to(memory_format=torch.channels_last)
+            D.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.opt_g, self.opt_d = make_fast_optimizers(cfg, G, D, self.impl)
+        # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
+        self.step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
+        self.sums = torch.zeros(4, device=device)
+        self.use_graphs = graphs and device.type == "cuda"
+        # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;
+        # a stream of batches from the host is copied into this static buffer before each replay.
+        self.device_sampler = hasattr(sampler, "draw")
+        self.static_real: Optional[torch.Tensor] = None
+        self.pending = False
+        self.eager_iterations = 0
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.capture_error: Optional[str] = None
+
+    # --- the phases, as the reference runs them ---
+    def _real(self) -> torch.Tensor:
+        if self.static_real is not None:  # graphs fed from a host-side stream
+            return self.static_real
+        return next(self.sampler)
+
+    def critic(self) -> None:
+        real = self._real()
+        z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device)
+        c = critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg)
+        self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
+
+    def generator(self) -> None:
+        z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device)
+        self.sums[3] += generator_step(self.G, self.D, self.opt_g, z, self.step_cfg)["loss_g"]
+
+    def eager_iteration(self, n_critic: int) -> None:
+        for _ in range(n_critic):
+            self.critic()
+        self.generator()
+
+    # --- capture ---
+    def _capture(self) -> None:
+        n = self.cfg.n_critic
+        parts = {"critic": self.critic, "generator": self.generator}
+        if self.device_sampler:
+            parts["iteration"] = lambda: self.eager_iteration(n)
+        else:
+            first = next(self.sampler)
+            self.static_real = torch.empty_like(first)
+            self.static_real.copy_(first)
+            self.pending = True  # ``first`` is the next critic step's batch
+        for name, fn in parts.items():
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            self.graphs[name] = g
+
+    def _try_capture(self) -> None:
+        try:
+            self._capture()
+        except Exception as e:  # capture runs nothing: a failed one leaves the weights untouched
+            self.graphs.clear()
+            self.use_graphs = False
+            self.capture_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"CUDA graph capture failed ({self.capture_error}); running eagerly")
+
+    def iteration(self, n_critic: int) -> None:
+        if not self.use_graphs:
+            self.eager_iteration(n_critic)
+            return
+        if self.eager_iterations < WARMUP_ITERATIONS:
+            # warm-up on a side stream, as torch.cuda.graphs asks: this iteration trains for real
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.eager_iteration(n_critic)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.eager_iterations += 1
+            if self.eager_iterations == WARMUP_ITERATIONS:
+                self._try_capture()
+            return
+        if self.device_sampler and n_critic == self.cfg.n_critic:
+            self.graphs["iteration"].replay()
+            return
+        for _ in range(n_critic):
+            if not self.device_sampler:
+                if not self.pending:
+                    self.static_real.copy_(next(self.sampler))
+                self.pending = False
+            self.graphs["critic"].replay()
+        self.graphs["generator"].replay()
+
+    @property
+    def data_position(self) -> int:
+        # a stream counts its batches (one drawn ahead for the static buffer is not yet used);
+        # the device sampler draws i.i.d. from the device RNG, saved with the checkpoint
+        return getattr(self.sampler, "position", 0) - int(self.pending)
+
+    def describe(self) -> str:
+        kernels = "Triton kernels" if self.impl == "triton" else "plain-PyTorch twins"
+        mode = "CUDA graphs" if self.use_graphs else "eager"
+        return f"fast ({kernels}, {mode})"
