@@ -20,6 +20,11 @@ setup(
         "tqdm>=4.60",
         # loss.png: the standard plotting library (Agg backend, no display needed)
         "matplotlib>=3.5",
+        # JPEG decoding on the GPU (--data-backend dali); CPU-only pipelines work without a GPU.
+        # A dependency on Linux x86_64, optional elsewhere (the `dali` extra where a wheel exists;
+        # without it the Pillow loader is used). The CUDA 13 build needs a CUDA 13 driver: with a
+        # CUDA 12 driver install nvidia-dali-cuda120 instead (README, "Data").
+        "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # Triton ships with CUDA builds of torch; the CPU interpreter needs it installed on its own.
@@ -31,6 +36,7 @@ setup(
         "console_scripts": [
             "fastwgan-train=fastwgan.train:main",
             "fastwgan-sample=fastwgan.sample:main",
+            "fastwgan-eval=fastwgan.eval:main",
         ]
     },
 )

@@ -22,6 +22,7 @@ from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
 from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
+from fastwgan.metrics import swd_for_training
 from fastwgan.outputs import MetricsLog, plot_losses, save_grid
 
 DESCRIPTION = """\
@@ -88,8 +89,21 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict]]
     return config_from_args(args, base=saved), ckpt
 
 
-def make_engine(cfg: Config, G, D, batches, device: torch.device, dtype):
-    return ReferenceEngine(cfg, G, D, batches, device, dtype)
+def resolve_backend(cfg: Config, device: torch.device) -> str:
+    if cfg.backend == "auto":
+        return "fast" if device.type == "cuda" else "reference"
+    return cfg.backend
+
+
+def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype):
+    """The reference engine, or the fast one fed by the device-side sampler where the dataset
+    is resident (by the batch stream otherwise)."""
+    if resolve_backend(cfg, device) == "reference":
+        return ReferenceEngine(cfg, G, D, batches, device, dtype)
+    from fastwgan.fast import FastEngine
+
+    sampler = batches.sampler() if batches.mode == "resident" else batches
+    return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs)
 
 
 def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
@@ -116,8 +130,9 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     start_iter = resume["iteration"] if resume else 0
     batches = Batches(dataset, cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, device,
                       mode=cfg.data_mode, workers=cfg.workers,
-                      start=resume["data_position"] if resume else 0, progress=cfg.progress)
-    log(f"loader: {batches.mode}" + (" (decoded images from the cache)" if batches.from_cache else ""))
+                      start=resume["data_position"] if resume else 0, progress=cfg.progress,
+                      backend=cfg.data_backend)
+    log(f"loader: {batches.describe()}")
 
     # --- models, optimizers, engine ---
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
@@ -144,6 +159,10 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     if not (out / "real_samples.png").exists():
         save_grid(sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1),
                   out / "real_samples.png", nrow=8)
+    if cfg.eval_every:
+        real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers)
+        log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(real_eval)} samples to as many "
+            f"real images every {cfg.eval_every} iterations")
     metrics = MetricsLog(out / "metrics.jsonl")
     if resume:
         metrics.truncate_after(start_iter)
@@ -208,7 +227,8 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
             done = it + 1
             bar.update(1)
 
-            if done % cfg.log_every == 0 or done == cfg.iters:
+            evaluate = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.iters)
+            if done % cfg.log_every == 0 or done == cfg.iters or evaluate:
                 s = sums.tolist()  # host sync
                 if not all(math.isfinite(v) for v in s):
                     raise_nonfinite(done)
@@ -221,10 +241,16 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                     "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
                     "critic_steps": n_crit, "img_per_s": round(ips, 1),
                 }
+                if evaluate:
+                    swd = swd_for_training(G, real_eval, z_seed=cfg.seed + 2)
+                    row["swd"], row["swd_levels"] = swd["mean"], swd["levels"]
+                    now = time.perf_counter()  # the evaluation is not training time
                 metrics.append(row)
                 w = f"W {row['wdist']:.4f}  " if row["wdist"] is not None else ""
+                if evaluate:
+                    w += f"SWD {row['swd']:.1f}  "
                 bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
-                if not cfg.progress or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
+                if not cfg.progress or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
                     bar.write(f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4f}  "
                               f"loss_G {row['loss_g']:.4f}  {ips:,.0f} img/s")
                 sums.zero_()

@@ -184,3 +184,14 @@ def test_amp_and_gan_train(tmp_path, data, extra):
     assert all(r["loss_d"] == r["loss_d"] for r in rows)  # finite, not NaN
     if "gan" in extra:
         assert rows[0]["wdist"] is None and rows[0]["critic_steps"] == 1
+
+
+def test_eval_every_writes_swd(tmp_path, data):
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 4, "--eval-every", 2, "--eval-n", 16,
+               "--log-every", 3) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [2, 3, 4]  # eval points get a row of their own
+    assert [("swd" in r) for r in rows] == [True, False, True]
+    assert rows[0]["swd"] > 0 and len(rows[0]["swd_levels"]) == 2  # 32 and 16
+    assert rows[0]["swd"] == pytest.approx(sum(rows[0]["swd_levels"]) / 2)
