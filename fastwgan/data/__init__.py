@@ -3,6 +3,11 @@
 ``open_dataset`` finds and validates the files (or prepares the built-in synthetic set),
 ``Batches`` yields training batches on the device and counts them so that a run resumes at the
 same batch, ``load_real_images`` gives a fixed sample of real images for evaluation.
+
+Two backends decode: ``pillow`` (DataLoader worker processes, ``fastwgan.data.pillow``, the
+reference) and ``dali`` (NVIDIA DALI, on the GPU where there is one, ``fastwgan.data.dali``). Both
+give the same batches in the same order for a seed, up to the resampling differences measured in
+tests/test_dali.py.
 """
 from __future__ import annotations
 
@@ -16,10 +21,14 @@ from fastwgan.data.files import DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
 
-__all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images", "cache_root"]
+__all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images",
+           "cache_root", "resolve_backend", "resolve_mode"]
 
 # Decoded datasets up to this size are kept in memory (CelebA at 64x64 is about 2.5 GB).
 RESIDENT_MAX_BYTES = 3 << 30
+# DALI on a GPU keeps the decoded dataset in GPU memory when it takes at most this fraction of
+# the free memory (CelebA at 64x64: 2.5 GB of an H100's 80; at 128x128: 10 GB).
+RESIDENT_GPU_FRACTION = 0.25
 
 
 @dataclass
@@ -47,37 +56,124 @@ def open_dataset(data_dir: Optional[str]) -> Dataset:
     return Dataset(scan.root, scan.files, False, scan.bad)
 
 
-def resolve_mode(mode: str, n_images: int, image_size: int) -> str:
+def resolve_backend(backend: str) -> str:
+    """"dali" or "pillow" for ``--data-backend`` (auto: DALI when it imports)."""
+    from fastwgan.data.dali import dali_available
+
+    if backend == "auto":
+        return "dali" if dali_available() else "pillow"
+    if backend == "dali" and not dali_available():
+        raise DataError("--data-backend dali: NVIDIA DALI is not installed (pip install "
+                        "nvidia-dali-cuda130, or nvidia-dali-cuda120 for a CUDA 12 driver)")
+    if backend not in ("dali", "pillow"):
+        raise ValueError(f"unknown data backend {backend!r}")
+    return backend
+
+
+def resolve_mode(mode: str, n_images: int, image_size: int, backend: str = "pillow",
+                 device: Optional[torch.device] = None) -> str:
+    """"resident" or "stream" for ``--data-mode`` (auto: resident when the decoded set is small).
+
+    Small means at most ``RESIDENT_MAX_BYTES`` of host memory, or for DALI on a GPU (which decodes
+    straight into GPU memory) at most ``RESIDENT_GPU_FRACTION`` of the free GPU memory.
+    """
     if mode != "auto":
         return mode
-    return "resident" if n_images * 3 * image_size * image_size <= RESIDENT_MAX_BYTES else "stream"
+    nbytes = n_images * 3 * image_size * image_size
+    if backend == "dali" and device is not None and device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return "resident" if nbytes <= RESIDENT_GPU_FRACTION * free else "stream"
+    return "resident" if nbytes <= RESIDENT_MAX_BYTES else "stream"
 
 
 class Batches:
     """Training batches, float32 in [-1, 1] (N, 3, H, W) on ``device``, from batch ``start`` on.
 
-    ``position`` counts the batches drawn since the start of training (the resume point).
+    ``position`` counts the batches drawn since the start of training (the resume point): both
+    backends, in both modes, follow the ``EpochBatches`` order, so a run resumes exactly at batch
+    ``start``. ``backend`` ("auto", "dali", "pillow") picks the decoder; with "auto", DALI when it
+    imports, and the Pillow loader if DALI then fails to start (the reason is in ``describe()``).
+    DALI batches are channels_last in memory (the NHWC decode, not copied); Pillow's are
+    contiguous.
+
+    In resident mode ``sampler()`` gives a ``ResidentSampler`` over the same decoded images: i.i.d.
+    draws on the device, CUDA-graph safe, for the captured training loop.
     """
 
     def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int], batch_size: int,
                  seed: int, device: torch.device, mode: str = "auto", workers: int = -1,
-                 start: int = 0, progress: bool = False):
+                 start: int = 0, progress: bool = False, backend: str = "auto"):
         if len(dataset.files) < batch_size:
             raise DataError(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
                             f"fewer than one batch of {batch_size}")
         self.device, self.position = device, start
-        self.mode = resolve_mode(mode, len(dataset.files), image_size)
-        self.from_cache = False
+        self.batch_size, self.from_cache, self.note, self.decoder = batch_size, False, "", ""
+        self.data: Optional[torch.Tensor] = None  # resident mode: uint8 (N, H, W, 3) on device
+        args = (dataset.files, image_size, crop, batch_size, seed, device, mode, workers, start, progress)
+        self.backend = resolve_backend(backend)
+        if self.backend == "dali":
+            try:
+                self._start_dali(*args)
+            except Exception as e:  # e.g. a DALI build for a newer CUDA driver than this machine's
+                if backend != "auto":
+                    raise
+                from fastwgan.data.dali import error_reason
+
+                self.note = f"DALI failed to start ({error_reason(e)}), using Pillow"
+                self.backend = "pillow"
+        if self.backend == "pillow":
+            self._start_pillow(*args)
+
+    def _start_pillow(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
+                      progress) -> None:
+        self.mode = resolve_mode(mode, len(files), image_size)
         if self.mode == "resident":
-            arr, self.from_cache = load_resident(dataset.files, image_size, crop,
-                                                 cache_root() / "decoded", workers, progress)
-            data = torch.from_numpy(arr)
+            arr, self.from_cache = load_resident(files, image_size, crop, cache_root() / "decoded",
+                                                 workers, progress)
+            data = torch.from_numpy(arr)  # (N, 3, H, W)
             if device.type == "cuda":
                 data = data.to(device)
+            self.data = data.permute(0, 2, 3, 1)  # an NHWC view, for sampler()
             self._it: Iterator[torch.Tensor] = resident_batches(data, batch_size, seed, start)
         else:
-            self._it = stream_batches(dataset.files, image_size, crop, batch_size, seed, start,
+            self._it = stream_batches(files, image_size, crop, batch_size, seed, start,
                                       workers, pin_memory=device.type == "cuda")
+        self._convert = lambda batch: to_training(batch, self.device)
+
+    def _start_dali(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
+                    progress) -> None:
+        from fastwgan.data import dali
+
+        self.mode = resolve_mode(mode, len(files), image_size, "dali", device)
+        if self.mode == "resident":
+            self.data, self.from_cache = dali.load_resident_dali(
+                files, image_size, crop, cache_root() / "decoded", device, workers, progress)
+            self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start)
+        else:
+            self._it = dali.DaliStream(files, image_size, crop, batch_size, seed, device, start, workers)
+        self._convert = dali.nhwc_to_training
+        self.decoder = dali.decoder_name(device)
+
+    def describe(self) -> str:
+        """One line for the log: backend, mode, decoder, cache."""
+        where = f"DALI {self.decoder}" if self.backend == "dali" else "Pillow"
+        text = f"{self.mode}, decoded by {where}"
+        if self.from_cache:
+            text += " (decoded images from the cache)"
+        if self.note:
+            text += f"; {self.note}"
+        return text
+
+    def sampler(self, dtype: torch.dtype = torch.float32, channels_last: bool = True,
+                seed: Optional[int] = None):
+        """A ``ResidentSampler`` over the decoded images (resident mode only): i.i.d. draws with
+        the device's default generator unless ``seed`` is given (see its docstring)."""
+        from fastwgan.data.dali import ResidentSampler
+
+        if self.data is None:
+            raise RuntimeError("sampler() needs the resident mode (--data-mode resident)")
+        # Pillow's (N, 3, H, W) data is given as its NHWC view: gathered as is, not copied.
+        return ResidentSampler(self.data, self.batch_size, seed, self.device, dtype, channels_last)
 
     def __iter__(self) -> "Batches":
         return self
@@ -85,7 +181,7 @@ class Batches:
     def __next__(self) -> torch.Tensor:
         batch = next(self._it)
         self.position += 1
-        return to_training(batch, self.device)
+        return self._convert(batch)
 
 
 def sample_images(dataset: Dataset, image_size: int, crop: Optional[int], n: int, seed: int = 0,

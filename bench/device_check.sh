@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine should check, in one call of well under 8 minutes:
+#   GPU tests (pytest -m gpu), the kernel benchmarks, the end-to-end training benchmark.
+# Writes JSON, logs and a markdown table to $OUT (default ./bench-out) and prints the table last.
+#
+#   bash bench/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-./bench-out}
+mkdir -p "$OUT"
+export FASTWGAN_CACHE="$OUT/../.fastwgan-cache"
+
+# fastwgan.kernels is the kernels/ folder through setup.py's package_dir: install in place,
+# offline (the machine has torch, triton, numpy, pillow, pytest, pytest-benchmark already).
+python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || echo "warning: editable install failed (see install.log)"
+
+{
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python -c "import torch, triton, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+  python -c "import nvidia.dali as d; print('dali', d.__version__)" 2>/dev/null || echo "dali: not installed (GPU decode not measured)"
+} | tee "$OUT/env.txt"
+
+step() {  # name, timeout (s), command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$OUT/$name.log"))" | tee -a "$OUT/steps.txt"
+}
+
+step gpu-tests 200 python -m pytest -m gpu tests/ -q -x -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+step bench-optim 60 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
+  --benchmark-json="$OUT/optim.json"
+FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 90 python -m pytest bench/test_bench_bn_act.py \
+  --benchmark-only -q --benchmark-json="$OUT/bn_act.json"
+step bench-train 200 python -m pytest bench/test_bench_train.py --benchmark-only -q \
+  --benchmark-json="$OUT/train.json"
+step bench-data 60 python -m pytest bench/test_bench_data.py --benchmark-only -q \
+  --benchmark-json="$OUT/data.json"
+
+echo
+cat "$OUT/steps.txt"
+echo
+python bench/summarize.py "$OUT"/train.json "$OUT"/optim.json "$OUT"/bn_act.json "$OUT"/data.json \
+  --out "$OUT/summary.md"

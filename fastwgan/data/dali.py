@@ -1,0 +1,453 @@
+"""The NVIDIA DALI loaders: JPEGs decoded on the GPU (nvJPEG) into a GPU-resident dataset, or streamed.
+
+The preprocessing is the Pillow loader's (``fastwgan.data.files.center_crop_resize`` is the spec):
+decode to RGB, scale up images smaller than the crop, center crop ``c`` (``--crop`` or the shorter
+side) at ``left = (w - c) // 2, top = (h - c) // 2``, antialiased linear resize to the image size.
+``center_crop_resize`` below is its DALI twin, checked against it in tests/test_dali.py.
+
+Two ways to feed training:
+
+* resident: every file decoded once into one uint8 tensor (N, H, W, 3) on the device (a CPU tensor
+  without a GPU), cached as ``dali-<key>.npy`` so that the next run skips decoding. Batches are
+  gathered from it in the order of ``EpochBatches`` (like the Pillow loader), or drawn i.i.d. on the
+  device by ``ResidentSampler``, which can run inside a CUDA graph.
+* stream: ``DaliStream`` decodes batch after batch with ``fn.readers.file`` behind a
+  ``DALIGenericIterator``, prefetched, in the ``EpochBatches`` order too (see its docstring for why
+  that order rather than the reader's ``random_shuffle``).
+
+Where DALI differs from Pillow (measured with DALI's CPU decoder in tests/test_dali.py; nvJPEG on
+the GPU rounds its IDCT and colour conversion its own way, and its tolerance there is wider):
+
+* resampling: DALI's antialiased linear filter and Pillow's bilinear are the same triangle filter,
+  but they treat the image border and the rounding to uint8 differently: about 0.2 of 255 mean
+  absolute difference, at most a few levels at sharp edges.
+  Without resampling (crop == image size, image not scaled up) the crop is bit-identical.
+* transparency: DALI drops the alpha channel of RGBA PNGs (the colour under transparent pixels
+  shows); Pillow composites on white. Opaque images agree.
+* scaling up an image smaller than the crop: the new size is ``floor(x + 0.5)`` where Pillow uses
+  Python's ``round`` (half to even), so an exact tie can differ by one pixel of intermediate size.
+* EXIF orientation is ignored by both (``adjust_orientation=False``), as Pillow's ``Image.open`` does.
+
+DALI stops the whole pipeline on a file it cannot decode. ``scan_images`` leaves out the files
+that are plainly broken before any loader sees them; for the rare file that passes the scan but
+still does not decode (a valid start and end marker around garbage), the failing chunk or batch is
+decoded by the Pillow loader instead, which replaces a file it cannot decode by the next one, with
+a warning, exactly as the Pillow loader does.
+
+``nvidia.dali`` is imported lazily: this module imports without it, and ``dali_available`` says
+whether it is there.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from fastwgan.data.pillow import EpochBatches, ImageFiles, cache_key, decode_all, default_workers
+
+DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
+DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
+MIN_CHUNK_STEPS = 256   # batches per stream pipeline at least (one epoch when an epoch is longer)
+PREFETCH = 3            # batches DALI prepares ahead of the one being trained on
+MAX_FAILED_BATCHES = 3  # stream batches in a row that DALI fails on before giving up (not a bad file)
+
+
+@functools.lru_cache(maxsize=None)
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` and its PyTorch plugin import (cached: the import takes ~0.5 s)."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a broken install (missing CUDA libraries, ...)
+        return False
+    return True
+
+
+def dali_version() -> str:
+    import nvidia.dali
+
+    return nvidia.dali.__version__
+
+
+def dali_device_id(device: torch.device) -> Optional[int]:
+    """DALI's ``device_id``: the CUDA device index, or None for a CPU-only pipeline."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def decoder_name(device: torch.device) -> str:
+    """Where and with what DALI decodes for ``device``, for the log."""
+    if device.type == "cuda":
+        return f"on {device} (nvJPEG, decoder \"mixed\")"
+    return "on the CPU (libjpeg-turbo, decoder \"cpu\")"
+
+
+def num_threads(workers: int) -> int:
+    """DALI CPU threads for ``--workers`` (-1: one per core, at most 8)."""
+    return default_workers() if workers < 0 else max(1, workers)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+def center_crop_resize(images, shapes, image_size: int, crop: Optional[int]):
+    """DALI twin of ``files.center_crop_resize``, inside a pipeline definition.
+
+    images: decoded HWC uint8 batch (CPU or GPU); shapes: their (H, W, C), a CPU int64 node from
+    ``fn.peek_image_shape`` (CPU data even when the images are on the GPU, as ``fn.slice`` and
+    ``fn.resize`` want their per-sample arguments).
+    """
+    from nvidia.dali import fn, types
+    import nvidia.dali.math as dmath
+
+    h, w = shapes[0], shapes[1]
+    short = dmath.min(h, w)
+    if crop is None:
+        c = short  # the shorter side: never scaled up
+    else:
+        c = short * 0 + crop  # a per-sample node, to stack with the anchor below
+        # Smaller than the crop: scale up so that the shorter side equals the crop (per sample,
+        # with a DALI conditional, so that the usual image is not resampled at scale 1).
+        if short < crop:
+            h = dmath.max(dmath.floor(h * crop / short + 0.5), crop)
+            w = dmath.max(dmath.floor(w * crop / short + 0.5), crop)
+            images = fn.resize(images, resize_x=w, resize_y=h, antialias=True)
+        else:
+            images = images  # both branches must define the same names
+            h, w = h * 1.0, w * 1.0
+    h, w, c = (fn.cast(v, dtype=types.INT32) for v in (h, w, c))
+    anchor = fn.stack((h - c) // 2, (w - c) // 2)  # (top, left), Pillow's floor
+    images = fn.slice(images, anchor, fn.stack(c, c), axis_names="HW")
+    if crop != image_size:
+        images = fn.resize(images, size=[image_size, image_size], antialias=True,
+                           interp_type=types.INTERP_LINEAR)
+    return images
+
+
+def build_pipeline(files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
+                   device: torch.device, workers: int = -1, prefetch: int = PREFETCH,
+                   shard_id: int = 0, num_shards: int = 1, seed: int = 0):
+    """A built DALI pipeline that reads ``files`` in order, once per epoch: uint8 (H, W, 3) samples.
+
+    The reader is named "Reader" for ``DALIGenericIterator(reader_name="Reader")``; the last
+    batch is padded with its last sample (the iterator drops or trims it). Decoding is "mixed"
+    (nvJPEG, the A100/H100 hardware decoder where present) on a GPU, "cpu" without one.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    device_id = dali_device_id(device)
+    mixed = device_id is not None
+    paths = [str(p) for p in files]
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads(workers), device_id=device_id,
+                  prefetch_queue_depth=prefetch, seed=seed, enable_conditionals=crop is not None)
+    def pipe():
+        jpegs, _ = fn.readers.file(files=paths, name="Reader", random_shuffle=False,
+                                   shard_id=shard_id, num_shards=num_shards, pad_last_batch=True)
+        shapes = fn.peek_image_shape(jpegs, adjust_orientation=False)
+        # output_type RGB: grayscale and CMYK come out as 3-channel RGB, alpha is dropped.
+        # jpeg_fancy_upsampling: nvJPEG upsamples chroma as libjpeg-turbo (and Pillow) do.
+        extra = dict(jpeg_fancy_upsampling=True) if mixed else {}
+        images = fn.decoders.image(jpegs, device="mixed" if mixed else "cpu", output_type=types.RGB,
+                                   adjust_orientation=False, **extra)
+        return center_crop_resize(images, shapes, image_size, crop)
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def _iterator(pipe, partial: bool):
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    policy = LastBatchPolicy.PARTIAL if partial else LastBatchPolicy.DROP
+    return DALIGenericIterator([pipe], ["images"], reader_name="Reader", last_batch_policy=policy,
+                               auto_reset=False)
+
+
+def error_reason(e: BaseException) -> str:
+    """The informative line of an error: DALI's repeat the pipeline definition's traceback first."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip() and "no longer valid" not in l]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+def _pillow_nhwc(files: Sequence[Path], indices: Sequence[int], image_size: int, crop: Optional[int],
+                 device: torch.device) -> torch.Tensor:
+    """Files ``indices`` of ``files`` decoded by the Pillow loader (a file it cannot decode is
+    replaced by the next one, with a warning): uint8 (n, H, W, 3) on ``device``."""
+    ds = ImageFiles(files, image_size, crop)
+    batch = torch.stack([ds[i] for i in indices]).permute(0, 2, 3, 1)
+    return batch.contiguous().to(device)
+
+
+# --- resident: decode once, keep on the device -------------------------------------------------
+
+def dali_cache_key(files: Sequence[Path], image_size: int, crop: Optional[int], device: torch.device) -> str:
+    """``pillow.cache_key`` in a namespace of its own: the DALI version and the decoder (nvJPEG and
+    libjpeg-turbo differ by a level here and there) are part of it, and the layout is NHWC."""
+    base = cache_key(files, image_size, crop)
+    tag = f"dali\0{dali_version()}\0{'mixed' if device.type == 'cuda' else 'cpu'}\0{base}"
+    return hashlib.sha256(tag.encode()).hexdigest()[:20]
+
+
+def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], device: torch.device,
+                workers: int = -1, progress: bool = False) -> torch.Tensor:
+    """Every file decoded by DALI with the training preprocessing: uint8 (N, H, W, 3) on ``device``."""
+    files = list(files)
+    n = len(files)
+    out = torch.empty((n, image_size, image_size, 3), dtype=torch.uint8, device=device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc="decoding images (DALI)", unit="img", leave=False)
+    for lo in range(0, n, DECODE_CHUNK):
+        chunk = files[lo:lo + DECODE_CHUNK]
+        # A failing build is not about a file (no GPU, a CUDA driver too old for this DALI): raise.
+        pipe = build_pipeline(chunk, image_size, crop, min(DECODE_BATCH, len(chunk)), device, workers)
+        try:
+            k = lo
+            for batch in _iterator(pipe, partial=True):
+                x = batch[0]["images"]  # (b, H, W, 3) uint8
+                out[k:k + len(x)].copy_(x)
+                k += len(x)
+            if k != lo + len(chunk):
+                raise RuntimeError(f"DALI returned {k - lo} of {len(chunk)} images")
+        except RuntimeError as e:
+            warnings.warn(f"DALI stopped on a file among {chunk[0].name} .. {chunk[-1].name} "
+                          f"({error_reason(e)}); decoding these {len(chunk)} files with Pillow")
+            # within the chunk, as pillow.decode_all does: a bad file is replaced by the next one
+            arr = decode_all(chunk, image_size, crop, workers)
+            out[lo:lo + len(chunk)].copy_(torch.from_numpy(arr).permute(0, 2, 3, 1))
+        del pipe
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    _release_dali_memory()
+    return out
+
+
+def _release_dali_memory() -> None:
+    # DALI keeps its device memory pool after a pipeline is gone; the trainer wants it back.
+    try:
+        from nvidia.dali.backend import ReleaseUnusedMemory
+    except ImportError:
+        return
+    ReleaseUnusedMemory()
+
+
+def _to_device(arr: np.ndarray, device: torch.device, chunk: int = 1 << 14) -> torch.Tensor:
+    """A (memory-mapped) array copied to ``device`` in slices, never whole in host memory twice."""
+    out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
+    for lo in range(0, len(arr), chunk):
+        out[lo:lo + chunk].copy_(torch.from_numpy(np.array(arr[lo:lo + chunk])))
+    return out
+
+
+def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[int], cache_dir: Path,
+                       device: torch.device, workers: int = -1, progress: bool = False,
+                       ) -> tuple[torch.Tensor, bool]:
+    """The decoded dataset, uint8 (N, H, W, 3) on ``device``, from the .npy cache when it is current.
+
+    Returns (data, from_cache). The cache file is ``dali-<key>.npy`` beside the Pillow loader's
+    ``decoded-<key>.npy``: a changed, added or removed file, or another preprocessing, DALI version
+    or decoder, gives another key.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"dali-{dali_cache_key(files, image_size, crop, device)}.npy"
+    if path.exists():
+        try:
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (len(files), image_size, image_size, 3) and arr.dtype == np.uint8:
+                return _to_device(arr, device), True
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt below
+    data = decode_dali(files, image_size, crop, device, workers, progress)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, data.cpu().numpy())  # host sync: once, after decoding
+    os.replace(tmp, path)
+    return data, False
+
+
+def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1], channels_last (the NHWC memory, no copy of
+    layout). The same float32 operations as ``pillow.to_training``, so the values are identical."""
+    x = batch.permute(0, 3, 1, 2).to(torch.float32)  # keeps the NHWC strides: channels_last
+    x = x.div_(127.5).sub_(1.0)
+    return x if dtype == torch.float32 else x.to(dtype)
+
+
+def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int,
+                       start: int = 0) -> Iterator[torch.Tensor]:
+    """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
+    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed."""
+    for idx in EpochBatches(len(data), batch_size, seed, start):
+        yield data[torch.tensor(idx, device=data.device)]
+
+
+class ResidentSampler:
+    """I.i.d. batches drawn on the device from a decoded dataset, CUDA-graph safe.
+
+    ``data``: uint8 (N, H, W, 3). Each ``draw()`` picks ``batch_size`` indices with ``torch.randint``
+    on the device, gathers them and converts to ``dtype`` in [-1, 1], (N, 3, H, W) channels_last (or
+    contiguous), all into buffers allocated once: no host synchronisation, no allocation, so a draw
+    can be captured in a CUDA graph and replayed. The returned tensor is that fixed buffer: the next
+    draw overwrites it.
+
+    Unlike the epoch-shuffled streams, indices are drawn *with replacement*: an image may appear
+    twice in a batch, or not at all in an epoch's worth of batches (about 1/e of them). For SGD this
+    is the textbook i.i.d. sampling; it is not batch-for-batch the Pillow loader's order.
+
+    Random numbers: ``seed=None`` uses the device's default generator, which CUDA graphs capture
+    safely and the trainer's checkpoint saves and restores (``torch.cuda.get_rng_state_all`` /
+    ``torch.get_rng_state``): the draws are then as deterministic as that RNG state, and a resumed
+    run continues them exactly. An int ``seed`` gives the sampler its own generator
+    (``self.generator``): reproducible on its own, but a CUDA graph must register it
+    (``graph.register_generator_state(sampler.generator)``) and a checkpoint must save
+    ``sampler.state_dict()``. ``position`` counts the draws made through ``draw()`` (graph replays
+    do not pass through it: add them yourself).
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: Optional[int] = None,
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = True):
+        if data.dtype != torch.uint8 or data.dim() != 4 or data.shape[-1] != 3:
+            raise ValueError(f"data must be uint8 (N, H, W, 3), got {tuple(data.shape)} {data.dtype}")
+        device = torch.device(device) if device is not None else data.device
+        self.data = data.to(device)                     # (N, H, W, 3) uint8
+        self.batch_size, self.device, self.dtype = batch_size, device, dtype
+        n, h, w, _ = self.data.shape
+        self.n = n
+        self.generator: Optional[torch.Generator] = None
+        if seed is not None:
+            self.generator = torch.Generator(device).manual_seed(seed)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.index = torch.empty(batch_size, dtype=torch.long, device=device)        # (B,)
+        self.gathered = torch.empty((batch_size, h, w, 3), dtype=torch.uint8, device=device)
+        self.out = torch.empty((batch_size, 3, h, w), dtype=dtype, device=device, memory_format=fmt)
+        # fp32 staging for other dtypes: the same rounding as the float32 path, then one cast
+        self._f32 = self.out if dtype == torch.float32 else torch.empty_like(self.out, dtype=torch.float32)
+        self.position = 0
+
+    def draw(self) -> torch.Tensor:
+        """One batch (B, 3, H, W) in [-1, 1]; the same buffer every call."""
+        torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device,
+                      out=self.index)
+        torch.index_select(self.data, 0, self.index, out=self.gathered)
+        self._f32.copy_(self.gathered.permute(0, 3, 1, 2))
+        self._f32.div_(127.5).sub_(1.0)
+        if self._f32 is not self.out:
+            self.out.copy_(self._f32)
+        self.position += 1
+        return self.out
+
+    def __iter__(self) -> "ResidentSampler":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return self.draw()
+
+    def state_dict(self) -> dict:
+        state = {"position": self.position}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+# --- stream --------------------------------------------------------------------------------------
+
+class DaliStream:
+    """Batches decoded by DALI as they are needed: uint8 (B, H, W, 3) on ``device``, from batch
+    ``start`` on, prefetched (``PREFETCH`` batches ahead).
+
+    Order: global batch ``g`` is batch ``g`` of ``EpochBatches(n, batch_size * num_shards, seed)``
+    (a fresh permutation per epoch, last incomplete batch dropped) and shard ``shard_id`` takes its
+    ``shard_id``-th slice of ``batch_size``. With one shard this is exactly the Pillow loader's
+    order, so the two backends see the same images batch for batch and a run resumes exactly at
+    batch ``start`` (nothing decoded to skip). The reader gets that order as its file list, in
+    chunks of at least one epoch (``MIN_CHUNK_STEPS`` batches for small sets), one pipeline per
+    chunk: a short stall at each chunk boundary (the pipeline build, milliseconds on a CPU).
+
+    Why not ``fn.readers.file(random_shuffle=True, seed=...)``: it shuffles within a buffer of
+    ``initial_fill`` (1024) samples, not a permutation of the epoch, and its order cannot be
+    recomputed from a batch number, so a resumed run could only restart near an epoch boundary.
+    Likewise the reader's own ``shard_id/num_shards`` split the list into contiguous blocks; here
+    each shard gets its slice of every global batch (disjoint, reshuffled every epoch), and the
+    reader is given shard 0 of 1 of the shard's own list.
+
+    A batch DALI cannot decode (a file that passed ``scan_images`` but is not decodable) is decoded
+    by the Pillow loader instead, with a warning, and a new pipeline continues after it.
+    """
+
+    def __init__(self, files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
+                 seed: int, device: torch.device, start: int = 0, workers: int = -1,
+                 shard_id: int = 0, num_shards: int = 1, prefetch: int = PREFETCH):
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards})")
+        self.files, self.image_size, self.crop = list(files), image_size, crop
+        self.batch_size, self.device, self.workers, self.prefetch = batch_size, device, workers, prefetch
+        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
+        self.order = EpochBatches(len(self.files), batch_size * num_shards, seed, start)
+        self._order = iter(self.order)
+        self.chunk_steps = max(self.order.per_epoch, MIN_CHUNK_STEPS)
+        self.step = start                 # the global batch number of the next batch
+        self._pending: list[list[int]] = []  # this shard's indices, batch by batch, not yet returned
+        self._it = None
+        self._failed = 0                  # batches in a row DALI failed on
+        # Built now, so that a DALI that cannot run here (no GPU, a CUDA driver too old for this
+        # build) fails at construction, where Batches(backend="auto") falls back to Pillow.
+        self._pipe = self._build()
+
+    def _local(self, global_idx: list[int]) -> list[int]:
+        b = self.batch_size
+        return global_idx[self.shard_id * b:(self.shard_id + 1) * b]
+
+    def _build(self):
+        """A pipeline over the pending batches (the next chunk of them when none is pending)."""
+        if not self._pending:
+            self._pending = [self._local(next(self._order)) for _ in range(self.chunk_steps)]
+        paths = [self.files[i] for idx in self._pending for i in idx]
+        return build_pipeline(paths, self.image_size, self.crop, self.batch_size, self.device,
+                              self.workers, self.prefetch, seed=self.seed)
+
+    def __iter__(self) -> "DaliStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._it is None:
+            if self._pipe is None:
+                self._pipe = self._build()
+        try:
+            if self._it is None:
+                self._it = _iterator(self._pipe, partial=False)  # decodes its first batch already
+            batch = next(self._it)[0]["images"]  # (B, H, W, 3) uint8
+        except StopIteration:  # the chunk is used up
+            self._it = self._pipe = None
+            return next(self)
+        except RuntimeError as e:
+            # DALI stops on the batch with a file it cannot decode: this batch via Pillow, then a
+            # fresh pipeline from the next one.
+            self._it = self._pipe = None
+            self._failed += 1
+            if self._failed >= MAX_FAILED_BATCHES:
+                raise RuntimeError(f"DALI failed on {self._failed} batches in a row, the last "
+                                   f"at batch {self.step}: {error_reason(e)}") from e
+            warnings.warn(f"DALI stopped on batch {self.step} ({error_reason(e)}); decoding it with Pillow")
+            batch = _pillow_nhwc(self.files, self._pending[0], self.image_size, self.crop, self.device)
+        else:
+            self._failed = 0
+        self._pending.pop(0)
+        self.step += 1
+        return batch
