@@ -8,6 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./bench-out}
 mkdir -p "$OUT"
+rm -f "$OUT/steps.txt"
 export FASTWGAN_CACHE="$OUT/../.fastwgan-cache"
 
 # fastwgan.kernels is the kernels/ folder through setup.py's package_dir: install in place,
@@ -30,15 +31,18 @@ step() {  # name, timeout (s), command...
   echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$OUT/$name.log"))" | tee -a "$OUT/steps.txt"
 }
 
-step gpu-tests 200 python -m pytest -m gpu tests/ -q -x -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
-step bench-optim 60 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
+# Step limits add up to 7 minutes: a step that runs over is cut, and the rest still run.
+step gpu-tests 120 python -m pytest -m "gpu and not slow" tests/ -q -p no:cacheprovider \
+  --junitxml="$OUT/gpu-tests.xml"
+step bench-optim 45 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
   --benchmark-json="$OUT/optim.json"
-FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 90 python -m pytest bench/test_bench_bn_act.py \
+FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 60 python -m pytest bench/test_bench_bn_act.py \
   --benchmark-only -q --benchmark-json="$OUT/bn_act.json"
-step bench-train 200 python -m pytest bench/test_bench_train.py --benchmark-only -q \
+step bench-train 120 python -m pytest bench/test_bench_train.py --benchmark-only -q \
   --benchmark-json="$OUT/train.json"
-step bench-data 60 python -m pytest bench/test_bench_data.py --benchmark-only -q \
+step bench-data 30 python -m pytest bench/test_bench_data.py --benchmark-only -q \
   --benchmark-json="$OUT/data.json"
+FASTWGAN_PARITY_ITERS=600 step parity 45 python -m pytest -m "gpu and slow" tests/test_training_parity.py -q -s -p no:cacheprovider
 
 echo
 cat "$OUT/steps.txt"

@@ -25,7 +25,10 @@ COLUMNS = [  # (extra_info key, column title, format)
 
 def rows(paths):
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue  # a step that was cut short, or measured nothing
         machine = data.get("machine_info", {}).get("node", "")
         for b in data.get("benchmarks", []):
             yield Path(path).stem, machine, b
