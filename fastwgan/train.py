@@ -153,6 +153,9 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
         f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
         f"{cfg.image_size}x{cfg.image_size}")
 
+    if device.type == "cpu" and cfg.image_size >= 64 and cfg.iters - start_iter >= 10_000:
+        log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
+
     # --- outputs ---
     (out / "config.json").write_text(cfg.to_json() + "\n")
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
