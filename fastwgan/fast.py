@@ -48,6 +48,26 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
     return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
 
 
+def capture_graph(fn) -> torch.cuda.CUDAGraph:
+    """``fn``'s kernels recorded in a CUDA graph (nothing runs until ``replay()``)."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
+
+
+def on_side_stream(fn, device: torch.device) -> None:
+    """Run ``fn`` eagerly on a side stream, as torch.cuda.graphs asks of the warm-up."""
+    if device.type != "cuda":
+        fn()
+        return
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 class FastEngine:
     """Runs generator iterations from captured CUDA graphs (or eagerly on a CPU)."""
 
@@ -75,7 +95,7 @@ class FastEngine:
         self.static_real: Optional[torch.Tensor] = None
         self.pending = False
         self.eager_iterations = 0
-        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # critic, generator[, iteration]
         self.capture_error: Optional[str] = None
 
     # --- the phases, as the reference runs them ---
@@ -111,10 +131,7 @@ class FastEngine:
             self.static_real.copy_(first)
             self.pending = True  # ``first`` is the next critic step's batch
         for name, fn in parts.items():
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                fn()
-            self.graphs[name] = g
+            self.graphs[name] = capture_graph(fn)
 
     def _try_capture(self) -> None:
         try:
@@ -122,6 +139,7 @@ class FastEngine:
         except Exception as e:  # capture runs nothing: a failed one leaves the weights untouched
             self.graphs.clear()
             self.use_graphs = False
+            self.static_real, self.pending = None, False  # (a stream then skips one batch)
             self.capture_error = f"{type(e).__name__}: {e}"
             warnings.warn(f"CUDA graph capture failed ({self.capture_error}); running eagerly")
 
@@ -130,12 +148,8 @@ class FastEngine:
             self.eager_iteration(n_critic)
             return
         if self.eager_iterations < WARMUP_ITERATIONS:
-            # warm-up on a side stream, as torch.cuda.graphs asks: this iteration trains for real
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self.eager_iteration(n_critic)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            # the warm-up iteration trains for real
+            on_side_stream(lambda: self.eager_iteration(n_critic), self.device)
             self.eager_iterations += 1
             if self.eager_iterations == WARMUP_ITERATIONS:
                 self._try_capture()

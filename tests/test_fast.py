@@ -122,6 +122,57 @@ def test_fast_backend_trains_from_the_cli(tmp_path, monkeypatch, capsys):
     assert ck["iteration"] == 5 and ck["config"]["backend"] == "fast"
 
 
+class RecordedGraph:
+    """Stands in for a CUDA graph on CPU: capture records the function, replay runs it."""
+
+    def __init__(self, fn):
+        self.fn, self.replays = fn, 0
+
+    def replay(self):
+        self.replays += 1
+        self.fn()
+
+
+@pytest.mark.parametrize("feed", ["device sampler", "host stream"])
+def test_graph_bookkeeping_on_cpu(monkeypatch, feed):
+    """Warm-up, capture, which graph replays when, and the static input buffer of a host-fed
+    stream, with recorded graphs on CPU: the result must equal the eager engine's, bit for bit."""
+    from fastwgan import fast
+    from fastwgan.data.dali import ResidentSampler
+
+    monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
+    cfg = Config(**TINY)
+    (G, D), (G2, D2) = pair(cfg)
+    if feed == "device sampler":
+        data = torch.randint(0, 256, (32, 32, 32, 3), dtype=torch.uint8)
+        feeds = [ResidentSampler(data, cfg.batch_size), ResidentSampler(data, cfg.batch_size)]
+    else:
+        data = batches(cfg, 5)
+        feeds = [FixedBatches(data), FixedBatches(data)]
+    cpu = torch.device("cpu")
+    eager = FastEngine(cfg, G, D, feeds[0], cpu, None, graphs=False)
+    graph = FastEngine(cfg, G2, D2, feeds[1], cpu, None, graphs=False)
+    graph.use_graphs = True  # CUDA-only otherwise
+    iterations = [0, 30, 31, 500, 501]  # warm-up phase (eager), then replays, a phase again
+    for it in iterations:
+        torch.manual_seed(it)
+        eager.iteration(cfg.n_critic_at(it))
+        torch.manual_seed(it)
+        graph.iteration(cfg.n_critic_at(it))
+    assert set(graph.graphs) == ({"critic", "generator", "iteration"} if feed == "device sampler"
+                                 else {"critic", "generator"})
+    if feed == "device sampler":
+        assert graph.graphs["iteration"].replays == 3  # 30, 31 and 501: n_critic = 2
+        assert graph.graphs["critic"].replays == cfg.n_critic_warmup  # 500: a 3-step phase
+    else:
+        assert graph.graphs["critic"].replays == 3 * cfg.n_critic + cfg.n_critic_warmup
+        assert graph.data_position == eager.data_position == feeds[0].position
+    assert graph.graphs["generator"].replays == (1 if feed == "device sampler" else 4)
+    assert_same_state(eager.G, graph.G, rtol=0, atol=0)
+    assert_same_state(eager.D, graph.D, rtol=0, atol=0)
+    assert torch.equal(eager.sums, graph.sums)
+
+
 # --- GPU ---
 
 def gpu_cfg(**kw):
