@@ -38,7 +38,7 @@ class Config:
     log_every: int = _f(50, "iterations between log lines and metrics.jsonl rows", "run")
     sample_every: int = _f(500, "iterations between sample grids", "run")
     ckpt_every: int = _f(1000, "iterations between checkpoints (one is also written at the end)", "run")
-    progress: bool = _f(True, "show a progress bar", "run")
+    progress: bool = _f(True, "show a progress bar (in a terminal; a log gets a line per --log-every)", "run")
     overwrite: bool = _f(False, "start again in an --out that already holds a run", "run")
 
     # --- data ---

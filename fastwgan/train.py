@@ -218,8 +218,10 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     t_log = time.perf_counter()
     t_start = t_log - elapsed0
     images_since_log = 0
+    # the bar only where a terminal shows it; logs (non-tty) get a line every --log-every instead
+    show_bar = cfg.progress and sys.stderr.isatty()
     bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-               disable=not cfg.progress, smoothing=0.05)
+               disable=not show_bar, smoothing=0.05)
     try:
         for it in range(start_iter, cfg.iters):
             n_critic = cfg.n_critic_at(it)
@@ -253,7 +255,7 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                 if evaluate:
                     w += f"SWD {row['swd']:.1f}  "
                 bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
-                if not cfg.progress or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
+                if not show_bar or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
                     bar.write(f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4f}  "
                               f"loss_G {row['loss_g']:.4f}  {ips:,.0f} img/s")
                 sums.zero_()
