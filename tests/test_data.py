@@ -83,7 +83,7 @@ def test_epoch_batches_shuffle_per_epoch_and_resume():
 def test_stream_and_resident_give_the_same_batches(tmp_path):
     make_good_folder(tmp_path / "d", n=10)
     ds = open_dataset(str(tmp_path / "d"))
-    kw = dict(image_size=16, crop=None, batch_size=4, seed=3, device=torch.device("cpu"))
+    kw = dict(image_size=16, crop=None, batch_size=4, seed=3, device=torch.device("cpu"), backend="pillow")
     stream = Batches(ds, mode="stream", workers=0, **kw)
     resident = Batches(ds, mode="resident", **kw)
     for _ in range(5):  # crosses an epoch boundary
@@ -101,7 +101,7 @@ def test_stream_and_resident_give_the_same_batches(tmp_path):
 def test_fewer_images_than_a_batch(tmp_path):
     make_good_folder(tmp_path / "d", n=3)
     with pytest.raises(DataError, match="fewer than one batch"):
-        Batches(open_dataset(str(tmp_path / "d")), 16, None, 4, 0, torch.device("cpu"))
+        Batches(open_dataset(str(tmp_path / "d")), 16, None, 4, 0, torch.device("cpu"), backend="pillow")
 
 
 def test_resident_cache_round_trip_and_invalidation(tmp_path):
@@ -124,6 +124,6 @@ def test_odd_folder_trains_through_loader(tmp_path):
     make_odd_folder(root)
     ds = open_dataset(str(root))
     assert isinstance(ds, Dataset) and not ds.synthetic
-    it = Batches(ds, 32, 40, 4, 0, torch.device("cpu"), mode="stream", workers=0)
+    it = Batches(ds, 32, 40, 4, 0, torch.device("cpu"), mode="stream", workers=0, backend="pillow")
     seen = torch.cat([next(it) for _ in range(6)])
     assert torch.isfinite(seen).all() and seen.shape == (24, 3, 32, 32)

@@ -221,3 +221,24 @@ def test_fast_triton_matches_reference_on_gpu(amp):
         assert diff.max() <= 2 * 10 * cfg.learning_rate * steps  # see the interpreter test
         frac = (diff > 1e-3 * pa.abs().clamp_min(1e-2)).float().mean().item()
         assert frac < (0.01 if amp is None else 0.1), frac
+
+
+def test_fast_resume_is_exact_on_cpu(tmp_path, monkeypatch):
+    from fastwgan import checkpoint as ckpt_io
+    from fastwgan import train
+
+    from oddfiles import make_good_folder
+
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+    make_good_folder(tmp_path / "d", n=10)
+    common = ["--preset", "smoke", "--no-progress", "--data", str(tmp_path / "d"), "--backend", "fast",
+              "--data-mode", "resident", "--ckpt-every", "100", "--sample-every", "100"]
+    assert train.main([*common, "--out", str(tmp_path / "once"), "--iters", "4"]) == 0
+    assert train.main([*common, "--out", str(tmp_path / "twice"), "--iters", "2"]) == 0
+    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "4", "--no-progress"]) == 0
+    a, b = ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice")
+    for net in ("generator", "critic"):
+        for k, v in a[net].items():
+            assert torch.equal(v, b[net][k]), (net, k)
+    for i, s in a["opt_d"]["state"].items():
+        assert torch.equal(s["square_avg"], b["opt_d"]["state"][i]["square_avg"])
