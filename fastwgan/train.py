@@ -119,7 +119,7 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     random.seed(cfg.seed)
 
     # --- data ---
-    dataset = open_dataset(cfg.data)
+    dataset = open_dataset(cfg.data, log)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
             "To train on CelebA: --data /path/to/img_align_celeba --crop 108")

@@ -44,11 +44,14 @@ class Dataset:
         return Scan(self.root, self.files, self.bad).warning()
 
 
-def open_dataset(data_dir: Optional[str]) -> Dataset:
-    """The files under ``data_dir``, or the built-in synthetic faces when it is None."""
+def open_dataset(data_dir: Optional[str], log=None) -> Dataset:
+    """The files under ``data_dir``, or the built-in synthetic faces when it is None (generated on
+    first use, about half a minute: ``log`` is told before)."""
     if data_dir is None:
-        from fastwgan.data.synthetic import ensure_synthetic_dataset
+        from fastwgan.data.synthetic import ensure_synthetic_dataset, synthetic_dataset_ready
 
+        if log is not None and not synthetic_dataset_ready(cache_root()):
+            log(f"data: generating the built-in synthetic faces into {cache_root()} (once, about 30 s)")
         root = ensure_synthetic_dataset(cache_root())
         scan = scan_images(root)
         return Dataset(root, scan.files, True, scan.bad)

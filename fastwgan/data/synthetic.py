@@ -366,6 +366,12 @@ def _remove_stale_tmp(root: Path, name: str) -> None:
             pass
 
 
+def synthetic_dataset_ready(root: str | Path | None = None, n: int = 4000, seed: int = 0) -> bool:
+    """Whether ``ensure_synthetic_dataset`` would return at once (nothing to generate)."""
+    root = Path(root).expanduser() if root is not None else default_cache_root()
+    return _is_complete(root / dataset_name(n, seed), n, seed)
+
+
 def ensure_synthetic_dataset(root: str | Path | None = None, n: int = 4000, seed: int = 0) -> Path:
     """The folder of the ``n`` synthetic faces for ``seed`` under ``root``, generated on first use.
 
