@@ -10,6 +10,8 @@ OUT=${OUT:-./bench-out}
 mkdir -p "$OUT"
 rm -f "$OUT/steps.txt"
 export FASTWGAN_CACHE="$OUT/../.fastwgan-cache"
+# DALI, where bench/dali_wheels.sh brought it (the GPU machines have none of their own)
+[ -d wheels/site ] && export PYTHONPATH="$PWD/wheels/site${PYTHONPATH:+:$PYTHONPATH}"
 
 # fastwgan.kernels is the kernels/ folder through setup.py's package_dir: install in place,
 # offline (the machine has torch, triton, numpy, pillow, pytest, pytest-benchmark already).
