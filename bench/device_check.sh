@@ -33,21 +33,23 @@ step() {  # name, timeout (s), command...
   echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$OUT/$name.log"))" | tee -a "$OUT/steps.txt"
 }
 
-# Step limits add up to 7 minutes: a step that runs over is cut, and the rest still run.
-step gpu-tests 120 python -m pytest -m "gpu and not slow" tests/ -q -p no:cacheprovider \
+# Step limits add up to under 7 minutes: a step that runs over is cut, and the rest still run.
+step gpu-tests 100 python -m pytest -m "gpu and not slow" tests/ -q -p no:cacheprovider \
   --junitxml="$OUT/gpu-tests.xml"
-step bench-optim 45 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
+step bench-optim 35 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
   --benchmark-json="$OUT/optim.json"
-FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 60 python -m pytest bench/test_bench_bn_act.py \
+FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 45 python -m pytest bench/test_bench_bn_act.py \
   --benchmark-only -q --benchmark-json="$OUT/bn_act.json"
-step bench-train 120 python -m pytest bench/test_bench_train.py --benchmark-only -q \
+step bench-train 90 python -m pytest bench/test_bench_train.py --benchmark-only -q -k "not compiled" \
   --benchmark-json="$OUT/train.json"
-step bench-data 30 python -m pytest bench/test_bench_data.py --benchmark-only -q \
+step bench-compile 75 python -m pytest bench/test_bench_train.py --benchmark-only -q -k compiled \
+  --benchmark-json="$OUT/compile.json"
+step bench-data 25 python -m pytest bench/test_bench_data.py --benchmark-only -q \
   --benchmark-json="$OUT/data.json"
-FASTWGAN_PARITY_ITERS=600 step parity 45 python -m pytest -m "gpu and slow" tests/test_training_parity.py -q -s -p no:cacheprovider
+FASTWGAN_PARITY_ITERS=600 step parity 40 python -m pytest -m "gpu and slow" tests/test_training_parity.py -q -s -p no:cacheprovider
 
 echo
 cat "$OUT/steps.txt"
 echo
-python bench/summarize.py "$OUT"/train.json "$OUT"/optim.json "$OUT"/bn_act.json "$OUT"/data.json \
+python bench/summarize.py "$OUT"/train.json "$OUT"/compile.json "$OUT"/optim.json "$OUT"/bn_act.json "$OUT"/data.json \
   --out "$OUT/summary.md"
