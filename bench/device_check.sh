@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should check, in one call of well under 8 minutes:
 #   GPU tests (pytest -m gpu), the kernel benchmarks, the end-to-end training benchmark.
+# The training-parity check (2,000 iterations per backend) needs a call of its own, a few minutes:
+#   python -m pytest -m "gpu and slow" tests/test_training_parity.py -s
 # Writes JSON, logs and a markdown table to $OUT (default ./bench-out) and prints the table last.
 #
 #   bash bench/device_check.sh
@@ -33,7 +35,7 @@ step() {  # name, timeout (s), command...
   echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$OUT/$name.log"))" | tee -a "$OUT/steps.txt"
 }
 
-# Step limits add up to under 7 minutes: a step that runs over is cut, and the rest still run.
+# Step limits add up to about 6 minutes: a step that runs over is cut, and the rest still run.
 # the engine and optimizer first: the BatchNorm file compiles many kernel variants and may be cut
 step gpu-tests 100 python -m pytest -m "gpu and not slow" tests/test_fast.py tests/test_optim.py \
   tests/test_dali.py tests/test_bn_act.py tests/ -q -p no:cacheprovider \
@@ -48,7 +50,6 @@ step bench-compile 75 python -m pytest bench/test_bench_train.py --benchmark-onl
   --benchmark-json="$OUT/compile.json"
 step bench-data 25 python -m pytest bench/test_bench_data.py --benchmark-only -q \
   --benchmark-json="$OUT/data.json"
-FASTWGAN_PARITY_ITERS=600 step parity 40 python -m pytest -m "gpu and slow" tests/test_training_parity.py -q -s -p no:cacheprovider
 
 echo
 cat "$OUT/steps.txt"
