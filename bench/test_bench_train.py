@@ -75,7 +75,7 @@ def measure(benchmark, device, cfg, eng, label):
     for _ in range(2):  # warm-up: compilation, cuDNN algorithm search, graph capture
         run5()
     cpu = device.type == "cpu"
-    benchmark.pedantic(run5, rounds=3 if cpu else 30, iterations=1 if cpu else 5)
+    benchmark.pedantic(run5, rounds=15 if cpu else 30, iterations=1 if cpu else 5)
     t5 = benchmark.stats.stats.mean
     t0 = time.perf_counter()
     run100()
