@@ -17,21 +17,28 @@ from fastwgan.config import Config
 from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
 
 
-class ReferenceEngine:
-    """torch.optim optimizers, the nn modules, eager phases: the specification."""
+class Engine:
+    """The phases over an engine's networks, optimizers and source of real batches.
 
-    name = "reference"
+    ``iteration(n_critic)`` runs them eagerly: n_critic critic steps, then one generator step,
+    adding the detached losses into ``sums`` on the device.
+    """
 
-    def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, batches: Iterator[torch.Tensor],
-                 device: torch.device, amp_dtype: Optional[torch.dtype]):
-        self.G, self.D, self.batches, self.device = G, D, batches, device
+    name = "engine"
+
+    def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, source: Iterator[torch.Tensor],
+                 device: torch.device, step_cfg: StepConfig, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer):
+        self.G, self.D, self.source, self.device = G, D, source, device
         self.batch_size, self.nz = cfg.batch_size, cfg.nz
-        self.opt_g, self.opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
-        self.step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, amp_dtype)
+        self.step_cfg, self.opt_g, self.opt_d = step_cfg, opt_g, opt_d
         self.sums = torch.zeros(4, device=device)
 
+    def _real(self) -> torch.Tensor:
+        return next(self.source)
+
     def critic(self) -> None:
-        real = next(self.batches)
+        real = self._real()  # before z: a device sampler draws from the same RNG
         z = torch.randn(self.batch_size, self.nz, device=self.device)
         c = critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg)
         self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
@@ -47,7 +54,20 @@ class ReferenceEngine:
 
     @property
     def data_position(self) -> int:
-        return getattr(self.batches, "position", 0)
+        """Batches drawn from the source (the resume point of an epoch-ordered stream)."""
+        return getattr(self.source, "position", 0)
+
+
+class ReferenceEngine(Engine):
+    """torch.optim optimizers, the nn modules, eager phases: the specification."""
+
+    name = "reference"
+
+    def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, batches: Iterator[torch.Tensor],
+                 device: torch.device, amp_dtype: Optional[torch.dtype]):
+        opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
+        step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, amp_dtype)
+        super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d)
 
     def describe(self) -> str:
         return "reference (plain PyTorch, eager)"

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
+from fastwgan.engine import Engine
 from fastwgan.models import set_impl
-from fastwgan.steps import StepConfig, critic_step, generator_step
+from fastwgan.steps import StepConfig
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -68,14 +69,14 @@ def on_side_stream(fn, device: torch.device) -> None:
     torch.cuda.current_stream(device).wait_stream(side)
 
 
-class FastEngine:
+class FastEngine(Engine):
     """Runs generator iterations from captured CUDA graphs (or eagerly on a CPU)."""
 
     name = "fast"
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, sampler, device: torch.device,
                  amp_dtype: Optional[torch.dtype], graphs: bool = True, impl: Optional[str] = None):
-        self.cfg, self.G, self.D, self.sampler, self.device = cfg, G, D, sampler, device
+        self.cfg = cfg
         self.impl = impl or kernels_impl(device)
         set_impl(G, self.impl)
         set_impl(D, self.impl)
@@ -84,10 +85,10 @@ class FastEngine:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        self.opt_g, self.opt_d = make_fast_optimizers(cfg, G, D, self.impl)
+        opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        self.step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
-        self.sums = torch.zeros(4, device=device)
+        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
+        super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d)
         self.use_graphs = graphs and device.type == "cuda"
         # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;
         # a stream of batches from the host is copied into this static buffer before each replay.
@@ -98,35 +99,19 @@ class FastEngine:
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # critic, generator[, iteration]
         self.capture_error: Optional[str] = None
 
-    # --- the phases, as the reference runs them ---
     def _real(self) -> torch.Tensor:
         if self.static_real is not None:  # graphs fed from a host-side stream
             return self.static_real
-        return next(self.sampler)
-
-    def critic(self) -> None:
-        real = self._real()
-        z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device)
-        c = critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg)
-        self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
-
-    def generator(self) -> None:
-        z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device)
-        self.sums[3] += generator_step(self.G, self.D, self.opt_g, z, self.step_cfg)["loss_g"]
-
-    def eager_iteration(self, n_critic: int) -> None:
-        for _ in range(n_critic):
-            self.critic()
-        self.generator()
+        return next(self.source)
 
     # --- capture ---
     def _capture(self) -> None:
         n = self.cfg.n_critic
         parts = {"critic": self.critic, "generator": self.generator}
         if self.device_sampler:
-            parts["iteration"] = lambda: self.eager_iteration(n)
+            parts["iteration"] = lambda: Engine.iteration(self, n)
         else:
-            first = next(self.sampler)
+            first = next(self.source)
             self.static_real = torch.empty_like(first)
             self.static_real.copy_(first)
             self.pending = True  # ``first`` is the next critic step's batch
@@ -145,11 +130,11 @@ class FastEngine:
 
     def iteration(self, n_critic: int) -> None:
         if not self.use_graphs:
-            self.eager_iteration(n_critic)
+            super().iteration(n_critic)
             return
         if self.eager_iterations < WARMUP_ITERATIONS:
             # the warm-up iteration trains for real
-            on_side_stream(lambda: self.eager_iteration(n_critic), self.device)
+            on_side_stream(lambda: Engine.iteration(self, n_critic), self.device)
             self.eager_iterations += 1
             if self.eager_iterations == WARMUP_ITERATIONS:
                 self._try_capture()
@@ -160,7 +145,7 @@ class FastEngine:
         for _ in range(n_critic):
             if not self.device_sampler:
                 if not self.pending:
-                    self.static_real.copy_(next(self.sampler))
+                    self.static_real.copy_(next(self.source))
                 self.pending = False
             self.graphs["critic"].replay()
         self.graphs["generator"].replay()
@@ -169,7 +154,7 @@ class FastEngine:
     def data_position(self) -> int:
         # a stream counts its batches (one drawn ahead for the static buffer is not yet used);
         # the device sampler draws i.i.d. from the device RNG, saved with the checkpoint
-        return getattr(self.sampler, "position", 0) - int(self.pending)
+        return super().data_position - int(self.pending)
 
     def describe(self) -> str:
         kernels = "Triton kernels" if self.impl == "triton" else "plain-PyTorch twins"

@@ -41,20 +41,23 @@ def train_both(tmp_path, flags, iters, n_eval):
     return swd
 
 
+def check(swd, start, what, capsys):
+    with capsys.disabled():
+        print(f"\nSWD x1e3 after {what}: reference {swd['reference']:.1f}, fast {swd['fast']:.1f}; "
+              f"untrained generator {start:.1f}")
+    for name, value in swd.items():
+        assert value < 0.6 * start, (name, value, start)
+    # different data order, same recipe: within 30% of each other
+    assert abs(swd["fast"] - swd["reference"]) <= 0.3 * max(swd.values()), swd
+
+
 @pytest.mark.slow
 def test_fast_learns_as_well_as_reference_cpu(tmp_path, capsys):
     flags = ["--preset", "cpu", "--ngf", "16", "--ndf", "16", "--lr", "2e-4"]
     iters, n_eval = 300, 512
     swd = train_both(tmp_path, flags, iters, n_eval)
-    cfg = Config(image_size=32, ngf=16, ndf=16)
-    start = untrained_swd(cfg, n_eval)
-    with capsys.disabled():
-        print(f"\nSWD x1e3 after {iters} iterations: reference {swd['reference']:.1f}, "
-              f"fast {swd['fast']:.1f}; untrained generator {start:.1f}")
-    for name, value in swd.items():
-        assert value < 0.6 * start, (name, value, start)
-    # different data order, same recipe: within 30% of each other
-    assert abs(swd["fast"] - swd["reference"]) <= 0.3 * max(swd.values()), swd
+    start = untrained_swd(Config(image_size=32, ngf=16, ndf=16), n_eval)
+    check(swd, start, f"{iters} iterations", capsys)
 
 
 @pytest.mark.slow
@@ -65,9 +68,4 @@ def test_fast_learns_as_well_as_reference_gpu(tmp_path, capsys):
     iters, n_eval = int(os.environ.get("FASTWGAN_PARITY_ITERS", 2000)), 2048
     swd = train_both(tmp_path, ["--amp"], iters, n_eval)
     start = untrained_swd(Config(), n_eval, "cuda")
-    with capsys.disabled():
-        print(f"\nSWD x1e3 after {iters} iterations (64x64, bf16): reference {swd['reference']:.1f}, "
-              f"fast {swd['fast']:.1f}; untrained generator {start:.1f}")
-    for name, value in swd.items():
-        assert value < 0.6 * start, (name, value, start)
-    assert abs(swd["fast"] - swd["reference"]) <= 0.3 * max(swd.values()), swd
+    check(swd, start, f"{iters} iterations (64x64, bf16)", capsys)
