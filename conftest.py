@@ -12,6 +12,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _restore_backend_flags():
+    """The fast engine turns on cuDNN's autotuner and tests may pin determinism or TF32: flags
+    that are process-wide. Each test and benchmark starts from, and leaves, the same ones."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    yield
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -48,7 +48,12 @@ def make(device, engine: str, amp: bool, compile_mode: str | None = None):
     D = Critic(cfg.image_size, cfg.ndf).to(device)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (4096, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g)
-    sampler = ResidentSampler(data, cfg.batch_size, device=device)
+    # each engine's own layout: the reference's modules are NCHW, the fast engine's channels_last
+    # on CUDA (NCHW on a CPU)
+    fast_layout = engine != "reference" and device.type == "cuda"
+    sampler = ResidentSampler(data, cfg.batch_size, device=device, channels_last=fast_layout)
+    # every row with cuDNN's autotuner (the fast engine turns it on; the reference gets it too)
+    torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if amp else None
     if engine == "reference":
         if compile_mode:
@@ -124,6 +129,7 @@ def test_fast_graphs(benchmark, bench_device, amp):
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_reference_critic_step(benchmark, bench_device, amp):
     s = sizes(bench_device)
+    torch.backends.cudnn.benchmark = True  # as every row of make()
     torch.manual_seed(0)
     G = Generator(s["image_size"], 100, s["ngf"]).to(bench_device)
     D = Critic(s["image_size"], s["ndf"]).to(bench_device)

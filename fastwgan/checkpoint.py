@@ -51,14 +51,29 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not p.exists():
         where = f"{path} has no {CHECKPOINT_NAME}" if Path(path).is_dir() else f"checkpoint not found: {p}"
         raise CheckpointError(where)
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {p}: the file is empty")
     try:
         # weights_only: a checkpoint is data; it never runs code when loaded
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {p}: {e}") from None
+        raise CheckpointError(f"cannot read checkpoint {p} ({size:,} bytes): it is damaged, "
+                              f"truncated or not a fastwgan checkpoint ({_reason(e)})") from None
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{p} is not a fastwgan checkpoint")
     return ckpt
+
+
+def _reason(e: Exception) -> str:
+    """One line of torch.load's error: its message runs to paragraphs of advice that do not apply
+    to a damaged file (such as loading it with weights_only=False)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # what the unpickler met: "Unsupported operand 194", ...
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].strip()
+        return f"unpickler: {detail}" if detail else "unpickler error"
+    text = text.split(". ", 1)[0].strip() or type(e).__name__  # the first sentence
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _numpy_state() -> tuple:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -88,13 +89,16 @@ class Config:
             return self.lr
         return 5e-5 if self.loss == "wgan" else 2e-4
 
+    @property
+    def steady_n_critic(self) -> int:
+        """Critic steps of an ordinary iteration, outside the warm-up phases."""
+        return 1 if self.loss == "gan" else self.n_critic
+
     def n_critic_at(self, gen_iter: int) -> int:
         """Critic steps before generator iteration ``gen_iter`` (0-based), as the paper's code."""
-        if self.loss == "gan":
-            return 1
-        if gen_iter < 25 or gen_iter % 500 == 0:
+        if self.loss == "wgan" and (gen_iter < 25 or gen_iter % 500 == 0):
             return self.n_critic_warmup
-        return self.n_critic
+        return self.steady_n_critic
 
     def validate(self) -> "Config":
         def need(ok, msg):
@@ -105,10 +109,13 @@ class Config:
         need(self.batch_size >= 2, f"--batch-size must be at least 2: BatchNorm needs 2 samples (got {self.batch_size})")
         need(self.image_size in IMAGE_SIZES,
              f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} (got {self.image_size})")
-        need(self.lr is None or self.lr > 0, f"--lr must be positive (got {self.lr})")
+        need(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)),
+             f"--lr must be positive and finite (got {self.lr})")
+        need(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32) (got {self.seed})")
+        need(self.workers >= -1, f"--workers must be -1 (one per core), 0 (none) or more (got {self.workers})")
         need(self.n_critic >= 1, f"--n-critic must be at least 1 (got {self.n_critic})")
         need(self.n_critic_warmup >= 1, f"--n-critic-warmup must be at least 1 (got {self.n_critic_warmup})")
-        need(self.clip > 0, f"--clip must be positive (got {self.clip})")
+        need(self.clip > 0 and math.isfinite(self.clip), f"--clip must be positive and finite (got {self.clip})")
         need(self.nz >= 1 and self.ngf >= 1 and self.ndf >= 1, "--nz, --ngf and --ndf must be positive")
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")

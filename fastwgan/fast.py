@@ -49,10 +49,17 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
     return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
 
 
+# Under torch's default "global" capture mode a CUDA call from *any* thread during the capture
+# (the DataLoader's pin-memory thread allocating pinned memory, DALI's prefetching workers)
+# invalidates the capture and raises in that thread. "thread_local" restricts only this thread,
+# which runs nothing but the captured steps.
+CAPTURE_ERROR_MODE = "thread_local"
+
+
 def capture_graph(fn) -> torch.cuda.CUDAGraph:
     """``fn``'s kernels recorded in a CUDA graph (nothing runs until ``replay()``)."""
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, capture_error_mode=CAPTURE_ERROR_MODE):
         fn()
     return g
 
@@ -98,6 +105,7 @@ class FastEngine(Engine):
         self.eager_iterations = 0
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # critic, generator[, iteration]
         self.capture_error: Optional[str] = None
+        self.iteration_critic_steps = cfg.steady_n_critic  # what the iteration graph holds
 
     def _real(self) -> torch.Tensor:
         if self.static_real is not None:  # graphs fed from a host-side stream
@@ -106,9 +114,9 @@ class FastEngine(Engine):
 
     # --- capture ---
     def _capture(self) -> None:
-        n = self.cfg.n_critic
         parts = {"critic": self.critic, "generator": self.generator}
         if self.device_sampler:
+            n = self.iteration_critic_steps
             parts["iteration"] = lambda: Engine.iteration(self, n)
         else:
             first = next(self.source)
@@ -139,7 +147,7 @@ class FastEngine(Engine):
             if self.eager_iterations == WARMUP_ITERATIONS:
                 self._try_capture()
             return
-        if self.device_sampler and n_critic == self.cfg.n_critic:
+        if self.device_sampler and n_critic == self.iteration_critic_steps:
             self.graphs["iteration"].replay()
             return
         for _ in range(n_critic):

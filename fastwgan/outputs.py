@@ -32,11 +32,27 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
     return grid
 
 
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def grid_format(path: str | os.PathLike) -> str:
+    """The image format of a file name's extension; ValueError for one that is not an image."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in GRID_FORMATS:
+        raise ValueError(f"{path}: unknown image extension {suffix or '(none)'}; use one of "
+                         f"{', '.join(GRID_FORMATS)}")
+    return GRID_FORMATS[suffix]
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
+    """The grid written atomically, in the format its extension names (PNG, JPEG, ...)."""
     path = Path(path)
+    fmt = grid_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
+    extra = {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(make_grid(images, nrow)).save(tmp, format=fmt, **extra)
     os.replace(tmp, path)
     return path
 

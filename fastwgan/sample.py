@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
-from fastwgan.outputs import save_grid
+from fastwgan.outputs import grid_format, save_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run directory or its checkpoint.pt")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    p.add_argument("--out", metavar="PNG", default=None,
-                   help="output image (default: grid.png beside the checkpoint)")
+    p.add_argument("--out", metavar="IMAGE", default=None,
+                   help="output image, .png or .jpg (default: grid.png beside the checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run the generator (default: auto, CUDA when there is one)")
     p.add_argument("--nrow", type=int, default=None, help="images per row (default: a square grid)")
     return p
 
@@ -42,6 +43,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.n < 1:
             raise ValueError(f"--n must be at least 1 (got {args.n})")
+        if args.nrow is not None and args.nrow < 1:
+            raise ValueError(f"--nrow must be at least 1 (got {args.nrow})")
+        if args.out:
+            grid_format(args.out)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -40,6 +42,66 @@ ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss")
 N_SAMPLES = 64  # 8x8 grids
 
 
+RUN_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.jsonl", "loss.png", "real_samples.png", "config.json",
+             "train.log")
+
+
+class RunLog:
+    """Prints each line and keeps it in the run folder's ``train.log``. Lines logged before the
+    folder exists (the data is checked first) are written when it is opened."""
+
+    def __init__(self, echo=print):
+        self.echo, self.pending, self.file = echo, [], None
+
+    def __call__(self, line: str) -> None:
+        self.echo(line)
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """To the file only (what the progress bar already showed)."""
+        if self.file is None:
+            self.pending.append(line)
+            return
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def open(self, path: Path, append: bool) -> None:
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
+        self.write(time.strftime("--- %Y-%m-%d %H:%M:%S ") + " ".join(sys.argv))
+        for line in self.pending:
+            self.write(line)
+        self.pending = []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def holds_run(out: str | Path) -> bool:
+    return (Path(out) / ckpt_io.CHECKPOINT_NAME).exists()
+
+
+def clear_run(out: Path) -> None:
+    """Remove what an earlier run wrote into ``out``: its own files, nothing else."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if (out / "samples").is_dir():
+        for p in (out / "samples").glob("iter_*.png"):
+            p.unlink()
+
+
+def ignored_flags(args, cfg: Config) -> list[str]:
+    """Flags the user gave that this config does not use."""
+    if cfg.loss != "gan":
+        return []
+    given = [f"--{n.replace('_', '-')}" for n in ("n_critic", "n_critic_warmup", "clip")
+             if getattr(args, n) is not None]
+    if not given:
+        return []
+    return [f"note: --loss gan takes one critic step per generator step and does not clip: "
+            f"{', '.join(given)} ignored"]
+
+
 class Stop(Exception):
     """Ends a run with a message and an exit code, after whatever could be saved was saved."""
 
@@ -66,27 +128,35 @@ def amp_dtype(cfg: Config, device: torch.device, log) -> Optional[torch.dtype]:
     return torch.bfloat16
 
 
-def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict]]:
-    """The run's config, and the checkpoint to resume from (or None)."""
+def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict], list[str]]:
+    """The run's config, the checkpoint to resume from (or None), and notes for the log.
+
+    A resumed checkpoint gets ``source_dir``: the run folder it came from."""
     parser = build_parser(description=DESCRIPTION)
     args = parser.parse_args(argv)
     if args.resume is None:
         cfg = config_from_args(args)
-        if (Path(cfg.out) / ckpt_io.CHECKPOINT_NAME).exists() and not cfg.overwrite:
+        if holds_run(cfg.out) and not cfg.overwrite:
             raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume {cfg.out}, "
                               "or pass another --out (or --overwrite to start it again)")
-        return cfg, None
+        return cfg, None, ignored_flags(args, cfg)
     ckpt = ckpt_io.load(args.resume)
+    source = ckpt_io.checkpoint_path(args.resume).parent
     saved = Config.from_dict(ckpt["config"])
     for name in ARCHITECTURE:
         given = getattr(args, name)
         if given is not None and given != getattr(saved, name):
             raise ConfigError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's "
-                              f"{getattr(saved, name)}; a resumed run keeps its networks")
+                              f"{getattr(saved, name)}; a resumed run keeps its networks and loss")
     if args.out is None:
-        args.out = str(ckpt_io.checkpoint_path(args.resume).parent)
+        args.out = str(source)
+    elif Path(args.out).resolve() != source.resolve() and holds_run(args.out) and not args.overwrite:
+        raise ConfigError(f"--out {args.out} already holds another run; resuming {source} there "
+                          "would replace it. Pass another --out (or --overwrite)")
     args.preset = None  # the saved config already has the preset applied
-    return config_from_args(args, base=saved), ckpt
+    cfg = config_from_args(args, base=saved)
+    ckpt["source_dir"] = str(source)
+    return cfg, ckpt, ignored_flags(args, cfg)
 
 
 def resolve_backend(cfg: Config, device: torch.device) -> str:
@@ -102,16 +172,32 @@ def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype
         return ReferenceEngine(cfg, G, D, batches, device, dtype)
     from fastwgan.fast import FastEngine
 
-    sampler = batches.sampler() if batches.mode == "resident" else batches
+    # the fast engine's layout: channels_last on CUDA, NCHW on a CPU
+    sampler = (batches.sampler(channels_last=device.type == "cuda") if batches.mode == "resident"
+               else batches)
     return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs)
 
 
-def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
-    """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early."""
+def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence[str] = ()) -> dict:
+    """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early.
+
+    Everything logged also goes to ``train.log`` in the run folder."""
+    run_log = RunLog(log)
+    try:
+        return _train(cfg, resume, run_log, notes)
+    except Stop as e:
+        run_log.write(f"stopped: {e}")
+        raise
+    finally:
+        run_log.close()
+
+
+def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str]) -> dict:
     from tqdm import tqdm
 
     out = Path(cfg.out)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for note in notes:
+        log(note)
     device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device, log)
     torch.manual_seed(cfg.seed)
@@ -133,6 +219,20 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
                       backend=cfg.data_backend)
     log(f"loader: {batches.describe()}")
+
+    # --- the run folder, once the data is known to load ---
+    # A fresh run (or a run resumed into another folder) starts from a folder without an earlier
+    # run's files; a run resumed in place keeps its history.
+    source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
+    in_place = resume is not None and source.resolve() == out.resolve()
+    if not in_place and out.exists():
+        clear_run(out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    if resume and not in_place and (source / "metrics.jsonl").exists():
+        shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
+    log.open(out / "train.log", append=in_place)
+    if resume and not in_place:
+        log(f"resuming {source} (iteration {start_iter}) into {out}")
 
     # --- models, optimizers, engine ---
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
@@ -192,6 +292,8 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
             "opt_g": engine.opt_g.state_dict(), "opt_d": engine.opt_d.state_dict(),
             "iteration": iteration, "data_position": engine.data_position,
             "elapsed": elapsed, "rng": ckpt_io.rng_state(),
+            # what the next metrics row averages over so far: a resumed run logs the same rows
+            "log_accum": {"sums": sums.cpu(), "critic_steps": n_crit, "gen_steps": n_gen},
         }, out / ckpt_io.CHECKPOINT_NAME)
         last_good["iteration"] = iteration
 
@@ -215,6 +317,10 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
     # --- the loop ---
     sums = engine.sums  # loss_d, d_real, d_fake (summed over critic steps), loss_g, on the device
     n_crit = n_gen = 0
+    if resume and "log_accum" in resume:
+        acc = resume["log_accum"]
+        sums.copy_(acc["sums"])
+        n_crit, n_gen = acc["critic_steps"], acc["gen_steps"]
     t_log = time.perf_counter()
     t_start = t_log - elapsed0
     images_since_log = 0
@@ -251,13 +357,15 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
                     row["swd"], row["swd_levels"] = swd["mean"], swd["levels"]
                     now = time.perf_counter()  # the evaluation is not training time
                 metrics.append(row)
-                w = f"W {row['wdist']:.4f}  " if row["wdist"] is not None else ""
+                w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
                 if evaluate:
                     w += f"SWD {row['swd']:.1f}  "
                 bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
+                line = (f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4g}  "
+                        f"loss_G {row['loss_g']:.4g}  {ips:,.0f} img/s")
+                log.write(line)
                 if not show_bar or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
-                    bar.write(f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4f}  "
-                              f"loss_G {row['loss_g']:.4f}  {ips:,.0f} img/s")
+                    bar.write(line)
                 sums.zero_()
                 n_crit = n_gen = images_since_log = 0
                 t_log = now
@@ -278,25 +386,38 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print) -> dict:
             signal.signal(s, h)
 
     total = time.perf_counter() - t_start
-    log(f"done: {cfg.iters} iterations in {total / 60:.1f} min. Samples: {out / 'samples'}, "
-        f"losses: {out / 'loss.png'}, checkpoint: {out / ckpt_io.CHECKPOINT_NAME}")
+    this_session = f", {cfg.iters - start_iter} of them in this session" if resume else ""
+    log(f"done: {cfg.iters} iterations{this_session}, {total / 60:.1f} min of training. "
+        f"Samples: {out / 'samples'}, losses: {out / 'loss.png'}, log: {out / 'train.log'}, "
+        f"checkpoint: {out / ckpt_io.CHECKPOINT_NAME}")
     return {"iteration": cfg.iters, "elapsed": total, "out": str(out)}
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    show_warning = warnings.formatwarning
+    warnings.formatwarning = _warning_line  # one line, without this file's source
     try:
-        cfg, resume = parse_config(argv)
+        cfg, resume, notes = parse_config(argv)
         if resume and resume["iteration"] >= cfg.iters:
-            print(f"the checkpoint is at iteration {resume['iteration']}, already at --iters "
+            print(f"the checkpoint is at iteration {resume['iteration']}, at or past --iters "
                   f"{cfg.iters}; pass a larger --iters to train further")
             return 0
-        train(cfg, resume)
+        train(cfg, resume, notes=notes)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stop as e:
         print(("error: " if e.code == 1 else "") + str(e), file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        warnings.formatwarning = show_warning
     return 0
 
 

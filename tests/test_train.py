@@ -93,6 +93,7 @@ def test_resume_refuses_other_networks(tmp_path, data, capsys):
 @pytest.mark.parametrize("flag,value", [
     ("--lr", "0"), ("--lr", "-1"), ("--n-critic", "0"), ("--batch-size", "1"), ("--image-size", "48"),
     ("--clip", "0"), ("--iters", "0"), ("--preset", "nope"), ("--device", "tpu"), ("--batch-size", "x"),
+    ("--seed", "-1"), ("--seed", str(2**32)), ("--workers", "-5"), ("--clip", "inf"), ("--lr", "inf"),
 ])
 def test_bad_flags_exit_2(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
@@ -165,7 +166,104 @@ def test_sample_cli_errors(tmp_path, capsys):
     assert sample.main([str(tmp_path / "none.pt")]) == 2
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     assert sample.main([str(tmp_path / "bad.pt")]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and "damaged" in err and "weights_only" not in err
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert sample.main([str(tmp_path / "empty.pt")]) == 2
+    assert "the file is empty" in capsys.readouterr().err
+
+
+def test_sample_cli_formats(tmp_path, data, capsys):
+    from PIL import Image
+
+    assert run("--data", data, "--out", tmp_path / "r", "--iters", 1) == 0
+    ck = str(tmp_path / "r")
+    assert sample.main([ck, "--n", "4", "--out", str(tmp_path / "g.jpg")]) == 0
+    assert Image.open(tmp_path / "g.jpg").format == "JPEG"
+    for bad in (["--nrow", "0"], ["--out", str(tmp_path / "g.txt")]):
+        assert sample.main([ck, *bad]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "g.txt").exists()
+
+
+def test_resume_into_another_run_is_refused(tmp_path, data, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run("--data", data, "--out", a, "--iters", 2) == 0
+    assert run("--data", data, "--out", b, "--iters", 4) == 0
+    before = (b / "metrics.jsonl").read_text()
+    assert train.main(["--resume", str(a), "--out", str(b), "--iters", "3", "--no-progress"]) == 2
+    assert "already holds another run" in capsys.readouterr().err
+    assert (b / "metrics.jsonl").read_text() == before and ckpt_io.load(b)["iteration"] == 4
+    # into a new folder: the history goes along
+    assert train.main(["--resume", str(a), "--out", str(c), "--iters", "3", "--no-progress"]) == 0
+    rows = [json.loads(l) for l in (c / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3] and ckpt_io.load(a)["iteration"] == 2
+    # --overwrite replaces b with a's continuation, and none of b's own files remain
+    assert train.main(["--resume", str(a), "--out", str(b), "--iters", "3", "--no-progress",
+                       "--overwrite"]) == 0
+    assert sorted(p.name for p in (b / "samples").iterdir()) == ["iter_000003.png"]  # the last
+    assert ckpt_io.load(b)["iteration"] == 3
+
+
+def test_overwrite_leaves_nothing_of_the_old_run(tmp_path, data, capsys):
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 4) == 0
+    old_real = (out / "real_samples.png").read_bytes()
+    assert run("--data", data, "--out", out, "--iters", 2, "--overwrite", "--image-size", 64) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["iter_000002.png"]
+    assert (out / "real_samples.png").read_bytes() != old_real  # 64x64 now
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert log.count("--- ") == 1 and "done: 2 iterations" in log and "iter 2/2" in log
+
+
+def test_interrupted_run_logs_the_same_rows(tmp_path, data, monkeypatch):
+    """A checkpoint between log points keeps the partial averages: the resumed run's rows are the
+    uninterrupted run's."""
+    common = ["--data", data, "--log-every", 4, "--ckpt-every", 100, "--sample-every", 100]
+    assert run(*common, "--out", tmp_path / "once", "--iters", 8) == 0
+
+    real_make_engine = train.make_engine
+
+    def interrupted_at_3(*a, **k):
+        engine = real_make_engine(*a, **k)
+        iteration, calls = engine.iteration, []
+
+        def counted(n):
+            iteration(n)
+            calls.append(n)
+            if len(calls) == 3:
+                signal.raise_signal(signal.SIGINT)
+
+        engine.iteration = counted
+        return engine
+
+    monkeypatch.setattr(train, "make_engine", interrupted_at_3)
+    assert run(*common, "--out", tmp_path / "twice", "--iters", 8) == 128 + signal.SIGINT
+    monkeypatch.setattr(train, "make_engine", real_make_engine)
+    assert ckpt_io.load(tmp_path / "twice")["iteration"] == 3
+    assert train.main(["--resume", str(tmp_path / "twice"), "--no-progress"]) == 0
+    rows = [[json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("once", "twice")]
+    keys = ("iter", "loss_d", "loss_g", "wdist", "critic_steps")
+    assert [[r[k] for k in keys] for r in rows[1]] == [[r[k] for k in keys] for r in rows[0]]
+
+
+def test_gan_notes_ignored_flags(tmp_path, data, capsys):
+    assert run("--data", data, "--out", tmp_path / "r", "--iters", 1, "--loss", "gan", "--n-critic", 5) == 0
+    assert "--n-critic ignored" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_training_is_one_line(tmp_path, data, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "open_dataset", interrupted)
+    assert run("--data", data, "--out", tmp_path / "r") == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # a run that never started leaves no folder
 
 
 def test_help_groups_flags():
