@@ -122,9 +122,11 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str 
             if any(v is not None for v in w):
                 w = np.array([np.nan if v is None else v for v in w])
                 window = max(1, min(101, (len(w) // 20) * 2 + 1))
-                ax.plot(it, w, color="tab:blue", alpha=0.35, lw=0.8, label="raw")
-                ax.plot(it, median_filter(w, window), color="tab:blue", lw=1.8,
-                        label=f"median over {window} points")
+                ax.plot(it, w, color="tab:blue", alpha=0.35 if window > 1 else 1.0, lw=0.8,
+                        label="raw")
+                if window > 1:  # too few rows yet for a filtered line
+                    ax.plot(it, median_filter(w, window), color="tab:blue", lw=1.8,
+                            label=f"median over {window} log points")
                 ax.legend(loc="best", fontsize=8)
         elif key == "loss":
             ax.plot(it, [r.get("loss_d") for r in rows], lw=1, label="critic loss")

@@ -22,6 +22,7 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
+from fastwgan.data.pillow import undecodable_warning
 from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
 from fastwgan.metrics import swd_for_training
@@ -219,6 +220,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
                       backend=cfg.data_backend)
     log(f"loader: {batches.describe()}")
+    if batches.undecodable:
+        log(f"warning: {undecodable_warning(batches.undecodable, len(dataset.files))}")
 
     # --- the run folder, once the data is known to load ---
     # A fresh run (or a run resumed into another folder) starts from a folder without an earlier
@@ -260,10 +263,12 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     (out / "config.json").write_text(cfg.to_json() + "\n")
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     if not (out / "real_samples.png").exists():
-        save_grid(sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1),
-                  out / "real_samples.png", nrow=8)
+        # (files that do not decode were reported above, or are warned about by the stream)
+        real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
+        save_grid(real, out / "real_samples.png", nrow=8)
     if cfg.eval_every:
-        real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers)
+        real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers,
+                                  failed=[])
         log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(real_eval)} samples to as many "
             f"real images every {cfg.eval_every} iterations")
     metrics = MetricsLog(out / "metrics.jsonl")

@@ -293,3 +293,25 @@ def test_eval_every_writes_swd(tmp_path, data):
     assert [("swd" in r) for r in rows] == [True, False, True]
     assert rows[0]["swd"] > 0 and len(rows[0]["swd_levels"]) == 2  # 32 and 16
     assert rows[0]["swd"] == pytest.approx(sum(rows[0]["swd_levels"]) / 2)
+
+
+@pytest.mark.parametrize("backend", ["pillow", "dali"])
+def test_damaged_jpeg_is_reported_once(tmp_path, backend, capsys):
+    """A JPEG with good markers but damaged data passes the scan; the resident decode replaces it
+    by the next image and says so in one line, on the first run and from the cache alike."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    files = make_good_folder(tmp_path / "d", n=10)
+    raw = bytearray(files[3].read_bytes())
+    rng = __import__("random").Random(0)
+    for i in range(600, len(raw) - 2):
+        raw[i] = rng.randrange(256)
+    files[3].write_bytes(bytes(raw))
+    for attempt in range(2):
+        out = tmp_path / f"r{attempt}"
+        assert run("--data", tmp_path / "d", "--out", out, "--iters", 1, "--data-mode", "resident",
+                   "--data-backend", backend) == 0
+        log = capsys.readouterr().out
+        assert "1 of 10 image(s) could not be decoded" in log and "003.jpg" in log, log
+        assert ("from the cache" in log) == (attempt == 1)
+        assert "could not be decoded" in (out / "train.log").read_text()

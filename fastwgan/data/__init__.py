@@ -112,6 +112,9 @@ class Batches:
         self.device, self.position = device, start
         self.batch_size, self.from_cache, self.note, self.decoder = batch_size, False, "", ""
         self.data: Optional[torch.Tensor] = None  # resident mode: uint8 (N, H, W, 3) on device
+        # resident mode: files that passed the scan but did not decode, each replaced by the next
+        # one, as (path, reason); a stream warns as it meets them
+        self.undecodable: list[tuple[str, str]] = []
         args = (dataset.files, image_size, crop, batch_size, seed, device, mode, workers, start, progress)
         self.backend = resolve_backend(backend)
         if self.backend == "dali":
@@ -124,6 +127,7 @@ class Batches:
 
                 self.note = f"DALI failed to start ({error_reason(e)}), using Pillow"
                 self.backend = "pillow"
+                self.undecodable = []
         if self.backend == "pillow":
             self._start_pillow(*args)
 
@@ -132,7 +136,7 @@ class Batches:
         self.mode = resolve_mode(mode, len(files), image_size)
         if self.mode == "resident":
             arr, self.from_cache = load_resident(files, image_size, crop, cache_root() / "decoded",
-                                                 workers, progress)
+                                                 workers, progress, failed=self.undecodable)
             data = torch.from_numpy(arr)  # (N, 3, H, W)
             if device.type == "cuda":
                 data = data.to(device)
@@ -150,7 +154,8 @@ class Batches:
         self.mode = resolve_mode(mode, len(files), image_size, "dali", device)
         if self.mode == "resident":
             self.data, self.from_cache = dali.load_resident_dali(
-                files, image_size, crop, cache_root() / "decoded", device, workers, progress)
+                files, image_size, crop, cache_root() / "decoded", device, workers, progress,
+                failed=self.undecodable)
             self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start)
         else:
             self._it = dali.DaliStream(files, image_size, crop, batch_size, seed, device, start, workers)
@@ -188,13 +193,16 @@ class Batches:
 
 
 def sample_images(dataset: Dataset, image_size: int, crop: Optional[int], n: int, seed: int = 0,
-                  workers: int = -1) -> torch.Tensor:
-    """A fixed draw of ``n`` decoded images (fewer when the dataset is smaller): uint8 (n, 3, H, W)."""
+                  workers: int = -1, failed: Optional[list] = None) -> torch.Tensor:
+    """A fixed draw of ``n`` decoded images (fewer when the dataset is smaller): uint8 (n, 3, H, W).
+
+    Files that do not decode are warned about, or appended to ``failed`` (see ``decode_all``)."""
     from fastwgan.data.pillow import decode_all
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset.files), generator=g)[:n].sort().values.tolist()
-    return torch.from_numpy(decode_all([dataset.files[i] for i in idx], image_size, crop, workers))
+    return torch.from_numpy(decode_all([dataset.files[i] for i in idx], image_size, crop, workers,
+                                       failed=failed))
 
 
 def load_real_images(data_dir: Optional[str], image_size: int, crop: Optional[int], n: int,

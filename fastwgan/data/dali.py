@@ -49,7 +49,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from fastwgan.data.pillow import EpochBatches, ImageFiles, cache_key, decode_all, default_workers
+from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_all, default_workers,
+                                  read_failed, undecodable_warning, write_failed)
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
@@ -197,8 +198,11 @@ def dali_cache_key(files: Sequence[Path], image_size: int, crop: Optional[int], 
 
 
 def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], device: torch.device,
-                workers: int = -1, progress: bool = False) -> torch.Tensor:
-    """Every file decoded by DALI with the training preprocessing: uint8 (N, H, W, 3) on ``device``."""
+                workers: int = -1, progress: bool = False, failed: Optional[list] = None) -> torch.Tensor:
+    """Every file decoded by DALI with the training preprocessing: uint8 (N, H, W, 3) on ``device``.
+
+    A chunk where DALI stops is decoded by Pillow; a file that fails there too is replaced by the
+    next one and, with ``failed`` (a list), appended to it (see ``pillow.decode_all``)."""
     files = list(files)
     n = len(files)
     out = torch.empty((n, image_size, image_size, 3), dtype=torch.uint8, device=device)
@@ -222,7 +226,7 @@ def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], dev
             warnings.warn(f"DALI stopped on a file among {chunk[0].name} .. {chunk[-1].name} "
                           f"({error_reason(e)}); decoding these {len(chunk)} files with Pillow")
             # within the chunk, as pillow.decode_all does: a bad file is replaced by the next one
-            arr = decode_all(chunk, image_size, crop, workers)
+            arr = decode_all(chunk, image_size, crop, workers, failed=failed)
             out[lo:lo + len(chunk)].copy_(torch.from_numpy(arr).permute(0, 2, 3, 1))
         del pipe
         if bar is not None:
@@ -252,7 +256,7 @@ def _to_device(arr: np.ndarray, device: torch.device, chunk: int = 1 << 14) -> t
 
 def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[int], cache_dir: Path,
                        device: torch.device, workers: int = -1, progress: bool = False,
-                       ) -> tuple[torch.Tensor, bool]:
+                       failed: Optional[list] = None) -> tuple[torch.Tensor, bool]:
     """The decoded dataset, uint8 (N, H, W, 3) on ``device``, from the .npy cache when it is current.
 
     Returns (data, from_cache). The cache file is ``dali-<key>.npy`` beside the Pillow loader's
@@ -265,10 +269,18 @@ def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[in
         try:
             arr = np.load(path, mmap_mode="r")
             if arr.shape == (len(files), image_size, image_size, 3) and arr.dtype == np.uint8:
+                if failed is not None:
+                    failed += read_failed(path)
                 return _to_device(arr, device), True
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
-    data = decode_dali(files, image_size, crop, device, workers, progress)
+    bad: list = []
+    data = decode_dali(files, image_size, crop, device, workers, progress, failed=bad)
+    write_failed(path, bad)
+    if failed is not None:
+        failed += bad
+    elif bad:
+        warnings.warn(undecodable_warning(bad, len(files)))
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.save(f, data.cpu().numpy())  # host sync: once, after decoding

@@ -52,10 +52,14 @@ class EpochBatches:
 
 
 class ImageFiles(Dataset):
-    """Files decoded with Pillow; a file that fails to decode is replaced by the next one."""
+    """Files decoded with Pillow; a file that fails to decode is replaced by the next one.
 
-    def __init__(self, files: Sequence[Path], image_size: int, crop: int | None):
-        self.files, self.image_size, self.crop = list(files), image_size, crop
+    Such a file passed the scan (right signature and end marker) but its data is damaged. Each
+    one is recorded in ``failed`` (path -> reason) and, with ``warn``, warned about once."""
+
+    def __init__(self, files: Sequence[Path], image_size: int, crop: int | None, warn: bool = True):
+        self.files, self.image_size, self.crop, self.warn = list(files), image_size, crop, warn
+        self.failed: dict[Path, str] = {}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -66,7 +70,10 @@ class ImageFiles(Dataset):
             try:
                 a = load_image(path, self.image_size, self.crop)
             except Exception as e:  # a file that passed the scan but does not decode
-                warnings.warn(f"could not decode {path}: {e}; using the next image instead")
+                if path not in self.failed and self.warn:
+                    warnings.warn(f"could not decode {path}: {e}; using the next image instead")
+                why = str(e).split("\n")[0].replace(f"'{path}'", "").replace(str(path), "").strip()
+                self.failed[path] = why[:120] or type(e).__name__
                 continue
             return torch.from_numpy(a).permute(2, 0, 1)  # (3, H, W) uint8
         raise RuntimeError("no image in the dataset could be decoded")
@@ -113,15 +120,27 @@ def cache_key(files: Sequence[Path], image_size: int, crop: int | None) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode_chunk(args) -> np.ndarray:
+def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[str, str]]]:
     paths, image_size, crop = args
-    ds = ImageFiles(paths, image_size, crop)
-    return np.stack([ds[i].numpy() for i in range(len(paths))])
+    ds = ImageFiles(paths, image_size, crop, warn=False)
+    arr = np.stack([ds[i].numpy() for i in range(len(paths))])
+    return arr, [(str(p), why) for p, why in ds.failed.items()]
+
+
+def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
+    """One line for files that passed the scan but failed to decode (each replaced by the next)."""
+    shown = ", ".join(f"{Path(p).name} ({why})" for p, why in failed[:3])
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return (f"{len(failed)} of {n} image(s) could not be decoded and were replaced by the next "
+            f"image in the folder: {shown}{more}")
 
 
 def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
-               progress: bool = False) -> np.ndarray:
-    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W)."""
+               progress: bool = False, failed: list | None = None) -> np.ndarray:
+    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W).
+
+    A file that does not decode is replaced by the next one; with ``failed`` (a list) they are
+    appended to it as (path, reason), otherwise warned about in one line."""
     workers = default_workers() if workers < 0 else workers
     chunk = 256
     jobs = [(list(files[i:i + chunk]), image_size, crop) for i in range(0, len(files), chunk)]
@@ -135,34 +154,71 @@ def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers
     else:
         pool = ProcessPoolExecutor(workers)
         results = pool.map(_decode_chunk, jobs)
-    for i, arr in enumerate(results):
+    bad: list[tuple[str, str]] = []
+    for i, (arr, chunk_bad) in enumerate(results):
         out[i * chunk:i * chunk + len(arr)] = arr
+        bad += chunk_bad
         if bar is not None:
             bar.update(len(arr))
     if bar is not None:
         bar.close()
     if workers > 1 and len(jobs) > 1:
         pool.shutdown()
+    if failed is not None:
+        failed += bad
+    elif bad:
+        warnings.warn(undecodable_warning(bad, len(files)))
     return out
 
 
+def _failed_path(npy: Path) -> Path:
+    return npy.with_name(npy.stem + ".failed.json")
+
+
+def read_failed(npy: Path) -> list[tuple[str, str]]:
+    """The files a cached decode replaced (written beside the .npy)."""
+    try:
+        return [tuple(x) for x in json.loads(_failed_path(npy).read_text())]
+    except (OSError, ValueError):
+        return []
+
+
+def write_failed(npy: Path, failed: Sequence[tuple[str, str]]) -> None:
+    if failed:
+        _failed_path(npy).write_text(json.dumps([list(x) for x in failed]))
+    else:
+        _failed_path(npy).unlink(missing_ok=True)
+
+
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
-                  workers: int = -1, progress: bool = False) -> tuple[np.ndarray, bool]:
-    """The decoded dataset, from the .npy cache when it is current; returns (array, from_cache)."""
+                  workers: int = -1, progress: bool = False, failed: list | None = None,
+                  ) -> tuple[np.ndarray, bool]:
+    """The decoded dataset, from the .npy cache when it is current; returns (array, from_cache).
+
+    ``failed``, a list, receives the files that did not decode (as ``decode_all``), from the cache
+    too: a cached run reports them as the first one did."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"decoded-{cache_key(files, image_size, crop)}.npy"
     if path.exists():
         try:
             arr = np.load(path)
             if arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8:
+                if failed is not None:
+                    failed += read_failed(path)
                 return arr, True
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
-    arr = decode_all(files, image_size, crop, workers, progress)
+    bad: list[tuple[str, str]] = []
+    arr = decode_all(files, image_size, crop, workers, progress, failed=bad)
+    write_failed(path, bad)  # before the .npy: a cache hit never misses its list
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.save(f, arr)
     os.replace(tmp, path)
+    if failed is not None:
+        failed += bad
+    elif bad:
+        warnings.warn(undecodable_warning(bad, len(files)))
     return arr, False
 
 
