@@ -120,8 +120,11 @@ def test_fast_eager(benchmark, bench_device):
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_fast_graphs(benchmark, bench_device, amp):
     cfg, eng = make(bench_device, "fast-graphs", amp=amp)
+    for _ in range(2):  # warm-up and capture: a failed capture (eager fallback) is no graphs row
+        eng.iteration(cfg.n_critic)
+    torch.cuda.synchronize()
+    assert eng.capture_error is None and eng.use_graphs, eng.capture_error
     measure(benchmark, bench_device, cfg, eng, f"fast graphs {'bf16' if amp else 'fp32'}")
-    assert eng.capture_error is None, eng.capture_error
 
 
 # --- single steps (the reference), for the per-phase cost ---

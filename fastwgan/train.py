@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -51,8 +52,8 @@ class RunLog:
     """Prints each line and keeps it in the run folder's ``train.log``. Lines logged before the
     folder exists (the data is checked first) are written when it is opened."""
 
-    def __init__(self, echo=print):
-        self.echo, self.pending, self.file = echo, [], None
+    def __init__(self, echo=print, command: str = ""):
+        self.echo, self.pending, self.file, self.command = echo, [], None, command
 
     def __call__(self, line: str) -> None:
         self.echo(line)
@@ -68,7 +69,7 @@ class RunLog:
 
     def open(self, path: Path, append: bool) -> None:
         self.file = open(path, "a" if append else "w", encoding="utf-8")
-        self.write(time.strftime("--- %Y-%m-%d %H:%M:%S ") + " ".join(sys.argv))
+        self.write(time.strftime("--- %Y-%m-%d %H:%M:%S %Z ") + self.command)
         for line in self.pending:
             self.write(line)
         self.pending = []
@@ -179,11 +180,13 @@ def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype
     return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs)
 
 
-def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence[str] = ()) -> dict:
+def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence[str] = (),
+          command: str = "") -> dict:
     """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early.
 
-    Everything logged also goes to ``train.log`` in the run folder."""
-    run_log = RunLog(log)
+    Everything logged also goes to ``train.log`` in the run folder, after a line with the time
+    and ``command``."""
+    run_log = RunLog(log, command)
     try:
         return _train(cfg, resume, run_log, notes)
     except Stop as e:
@@ -411,7 +414,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"the checkpoint is at iteration {resume['iteration']}, at or past --iters "
                   f"{cfg.iters}; pass a larger --iters to train further")
             return 0
-        train(cfg, resume, notes=notes)
+        args = list(sys.argv[1:] if argv is None else argv)
+        train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
