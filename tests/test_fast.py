@@ -260,14 +260,26 @@ def gpu_cfg(**kw):
 
 
 @pytest.mark.gpu
-def test_graph_replay_equals_eager_fast():
-    cfg = gpu_cfg()
-    torch.manual_seed(0)
+@pytest.mark.parametrize("feed,loss", [("host stream", "wgan"), ("device sampler", "wgan"),
+                                       ("device sampler", "gan")])
+def test_graph_replay_equals_eager(feed, loss):
+    """Graph replays against the same engine run eagerly: the warm-up, the capture, replays of the
+    iteration graph (a device sampler: the real batch and z drawn inside it) or of the step graphs
+    (a host stream copied into the static buffer), and a warm-up phase replayed step by step. A
+    replay draws the same random numbers as eager code from the same generator state."""
+    from fastwgan.data.dali import ResidentSampler
+
+    cfg = gpu_cfg(loss=loss, lr=5e-5 if loss == "wgan" else 2e-4)
     (G, D), (G2, D2) = pair(cfg, "cuda")
-    data = batches(cfg, 4, "cuda")
+    if feed == "device sampler":
+        data = torch.randint(0, 256, (256, 64, 64, 3), dtype=torch.uint8, device="cuda")
+        feeds = [ResidentSampler(data, cfg.batch_size), ResidentSampler(data, cfg.batch_size)]
+    else:
+        data = batches(cfg, 4, "cuda")
+        feeds = [FixedBatches(data), FixedBatches(data)]
     dev = torch.device("cuda")
-    eager = FastEngine(cfg, G, D, FixedBatches(data), dev, None, graphs=False)
-    graph = FastEngine(cfg, G2, D2, FixedBatches(data), dev, None, graphs=True)
+    eager = FastEngine(cfg, G, D, feeds[0], dev, None, graphs=False)
+    graph = FastEngine(cfg, G2, D2, feeds[1], dev, None, graphs=True)
     torch.backends.cudnn.deterministic = True
     for it in [0, 30, 31, 500, 501]:  # eager warm-up, capture, replays, a warm-up phase replay
         n = cfg.n_critic_at(it)
@@ -276,37 +288,10 @@ def test_graph_replay_equals_eager_fast():
         torch.cuda.manual_seed(it)
         graph.iteration(n)
     torch.cuda.synchronize()
-    assert graph.graphs and graph.capture_error is None
-    # the same kernels on the same inputs; cuDNN may pick other algorithms per engine
-    assert_same_state(eager.D, graph.D, rtol=1e-5, atol=2e-7)
-    assert_same_state(eager.G, graph.G, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(graph.sums, eager.sums, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("loss", ["wgan", "gan"])
-def test_graph_replay_equals_eager_with_device_sampler(loss):
-    """The training path proper: the resident sampler's draws and z captured with the steps,
-    the whole-iteration graph and the phase replays, against the same engine run eagerly. A
-    replay draws the same random numbers as eager code from the same generator state."""
-    from fastwgan.data.dali import ResidentSampler
-
-    cfg = gpu_cfg(loss=loss, lr=5e-5 if loss == "wgan" else 2e-4)
-    (G, D), (G2, D2) = pair(cfg, "cuda")
-    data = torch.randint(0, 256, (256, 64, 64, 3), dtype=torch.uint8, device="cuda")
-    dev = torch.device("cuda")
-    eager = FastEngine(cfg, G, D, ResidentSampler(data, cfg.batch_size), dev, None, graphs=False)
-    graph = FastEngine(cfg, G2, D2, ResidentSampler(data, cfg.batch_size), dev, None, graphs=True)
-    torch.backends.cudnn.deterministic = True
-    for it in [0, 30, 31, 500, 501]:
-        n = cfg.n_critic_at(it)
-        torch.cuda.manual_seed(it)
-        eager.iteration(n)
-        torch.cuda.manual_seed(it)
-        graph.iteration(n)
-    torch.cuda.synchronize()
     assert graph.capture_error is None
-    assert set(graph.graphs) == {"critic", "generator", "iteration"}
+    assert set(graph.graphs) == ({"critic", "generator", "iteration"} if feed == "device sampler"
+                                 else {"critic", "generator"})
+    # the same kernels on the same inputs; cuDNN may pick other algorithms per engine
     assert_same_state(eager.D, graph.D, rtol=1e-5, atol=2e-7)
     assert_same_state(eager.G, graph.G, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(graph.sums, eager.sums, rtol=1e-4, atol=1e-5)
