@@ -214,12 +214,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    show_warning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"{PROG}: warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
         result = evaluate(args)
     except EvalError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = show_warning
     print(format_table(result))
     if args.json:
         try:

@@ -11,6 +11,7 @@ tests/test_dali.py.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -207,5 +208,9 @@ def sample_images(dataset: Dataset, image_size: int, crop: Optional[int], n: int
 
 def load_real_images(data_dir: Optional[str], image_size: int, crop: Optional[int], n: int,
                      seed: int = 0) -> torch.Tensor:
-    """``n`` real images from ``data_dir`` (default: the synthetic set), uint8 (n, 3, H, W)."""
-    return sample_images(open_dataset(data_dir), image_size, crop, n, seed)
+    """``n`` real images from ``data_dir`` (default: the synthetic set), uint8 (n, 3, H, W).
+    Files the scan skips are warned about in one line, as the trainer logs them."""
+    dataset = open_dataset(data_dir)
+    if dataset.warning():
+        warnings.warn(dataset.warning())
+    return sample_images(dataset, image_size, crop, n, seed)
