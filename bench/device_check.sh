@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should check, in one call of well under 8 minutes:
-#   GPU tests (pytest -m gpu), the kernel benchmarks, the end-to-end training benchmark.
+#   GPU tests (pytest -m gpu), the kernel benchmarks, the end-to-end training benchmark, and a
+#   kernel-by-kernel profile of one training iteration.
 # The training-parity check (2,000 iterations per backend) needs a call of its own, a few minutes:
 #   python -m pytest -m "gpu and slow" tests/test_training_parity.py -s
-# Writes JSON, logs and a markdown table to $OUT (default ./bench-out) and prints the table last.
 #
 #   bash bench/device_check.sh
+#
+# In $OUT (default ./bench-out), few files, since a lent machine returns at most 8: env.txt,
+# steps.txt (each step's exit status and last line), summary.md (the benchmark table),
+# profile.md, and detail.tar.gz (every log, JSON and test report). The table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./bench-out}
-mkdir -p "$OUT"
+DETAIL="$OUT/detail"
+mkdir -p "$DETAIL"
 rm -f "$OUT/steps.txt"
-export FASTWGAN_CACHE="$OUT/../.fastwgan-cache"
-# compiled Triton kernels and Inductor's autotuning results, kept in ignored folders of the tree:
-# a second call on the still-warm machine reuses them instead of compiling again
+# caches in ignored folders of the tree: the dataset, compiled Triton kernels and Inductor's
+# autotuning results. A second call on the still-warm machine reuses them instead of compiling.
+export FASTWGAN_CACHE="$PWD/.cache/fastwgan"
 export TRITON_CACHE_DIR="$PWD/.cache/triton" TORCHINDUCTOR_CACHE_DIR="$PWD/.cache/inductor"
 # tests in parallel processes where pytest-xdist is installed: the GPU tests are mostly Triton
 # compilation (CPU work), and the machine has 16 cores
@@ -24,7 +29,7 @@ python -c "import xdist" 2>/dev/null && XDIST="-n 8"
 
 # fastwgan.kernels is the kernels/ folder through setup.py's package_dir: install in place,
 # offline (the machine has torch, triton, numpy, pillow, pytest, pytest-benchmark already).
-python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+python -m pip install -q --no-deps --no-build-isolation -e . >"$DETAIL/install.log" 2>&1 \
   || echo "warning: editable install failed (see install.log)"
 
 {
@@ -32,37 +37,41 @@ python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
   python -c "import torch, triton, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)"
   python -c "import nvidia.dali as d; print('dali', d.__version__)" 2>/dev/null || echo "dali: not installed (GPU decode not measured)"
+  echo "pytest-xdist: ${XDIST:-not installed}"
 } | tee "$OUT/env.txt"
 
 step() {  # name, timeout (s), command...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$DETAIL/$name.log" 2>&1
   local rc=$?
-  echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$OUT/$name.log"))" | tee -a "$OUT/steps.txt"
+  echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$DETAIL/$name.log"))" | tee -a "$OUT/steps.txt"
 }
 
-# Step limits add up to 7 minutes at most: a step that runs over is cut, and the rest still run.
+# Step limits add up to 7.5 minutes at most: a step that runs over is cut, and the rest still run.
 # The GPU tests in two steps, each with its own report: the engine and optimizer first, then the
 # BatchNorm kernel's matrix (many kernel variants to compile).
 step gpu-tests 70 python -m pytest -m "gpu and not slow" tests/ --ignore=tests/test_bn_act.py -q \
-  -p no:cacheprovider $XDIST --junitxml="$OUT/gpu-tests.xml"
+  -p no:cacheprovider $XDIST --junitxml="$DETAIL/gpu-tests.xml"
 step gpu-tests-bn-act 50 python -m pytest -m "gpu and not slow" tests/test_bn_act.py -q \
-  -p no:cacheprovider $XDIST --junitxml="$OUT/gpu-tests-bn-act.xml"
+  -p no:cacheprovider $XDIST --junitxml="$DETAIL/gpu-tests-bn-act.xml"
 step bench-optim 30 python -m pytest bench/test_bench_optim.py --benchmark-only -q \
-  --benchmark-json="$OUT/optim.json"
+  --benchmark-json="$DETAIL/optim.json"
 FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 40 python -m pytest bench/test_bench_bn_act.py \
-  --benchmark-only -q --benchmark-json="$OUT/bn_act.json"
-step bench-train 90 python -m pytest bench/test_bench_train.py --benchmark-only -q -k "not compiled" \
-  --benchmark-json="$OUT/train.json"
+  --benchmark-only -q --benchmark-json="$DETAIL/bn_act.json"
+step bench-train 85 python -m pytest bench/test_bench_train.py --benchmark-only -q -k "not compiled" \
+  --benchmark-json="$DETAIL/train.json"
+step profile 30 python bench/profile_step.py --out "$OUT/profile.md"
 # Inductor's max-autotune compiles and times many kernel choices per convolution: the longest step
-step bench-compile 120 python -m pytest bench/test_bench_train.py --benchmark-only -q -k compiled \
-  --benchmark-json="$OUT/compile.json"
+step bench-compile 115 python -m pytest bench/test_bench_train.py --benchmark-only -q -k compiled \
+  --benchmark-json="$DETAIL/compile.json"
 step bench-data 20 python -m pytest bench/test_bench_data.py --benchmark-only -q \
-  --benchmark-json="$OUT/data.json"
+  --benchmark-json="$DETAIL/data.json"
 
+python bench/summarize.py "$DETAIL"/train.json "$DETAIL"/compile.json "$DETAIL"/optim.json \
+  "$DETAIL"/bn_act.json "$DETAIL"/data.json --out "$OUT/summary.md" >/dev/null
+tar -czf "$OUT/detail.tar.gz" -C "$OUT" detail && rm -rf "$DETAIL"
 echo
 cat "$OUT/steps.txt"
 echo
-python bench/summarize.py "$OUT"/train.json "$OUT"/compile.json "$OUT"/optim.json "$OUT"/bn_act.json "$OUT"/data.json \
-  --out "$OUT/summary.md"
+cat "$OUT/summary.md"

@@ -18,6 +18,7 @@ COLUMNS = [  # (extra_info key, column title, format)
     ("gbps", "GB/s", "{:,.1f}"),
     ("us_per_step", "us/step", "{:,.1f}"),
     ("us", "us", "{:,.1f}"),
+    ("tflops", "TFLOP/s", "{:,.2f}"),
     ("speedup_vs_reference_eager_fp32", "x eager fp32 ref", "{:.2f}"),
     ("recipe_projected_min", "paper recipe (min)", "{:,.1f}"),
 ]

@@ -7,9 +7,11 @@ data pipeline has its own benchmark, test_bench_data.py).
 
 Rows, all in one run on one device: the reference eager in fp32 and bf16, the reference under
 ``torch.compile(mode="max-autotune")``, the fast engine without graphs, and with graphs in fp32
-and bf16. ``extra_info`` carries img/s, gen_iters/s, the ratio to the eager fp32 reference of the
-same run (when it ran first, as it does in file order) and the projected time of the paper's full
-recipe: 1e5 generator iterations, of which 224 are 100-critic-step phases.
+and bf16. ``extra_info`` carries img/s, gen_iters/s, the achieved TFLOP/s (the convolutions'
+operations as torch's FlopCounterMode counts them: about 1.65 GFLOP per real image at 64x64), the
+ratio to the eager fp32 reference of the same run (when it ran first, as it does in file order) and
+the projected time of the paper's full recipe: 1e5 generator iterations, of which 224 are
+100-critic-step phases.
 
     pytest bench/test_bench_train.py --benchmark-only
 """
@@ -32,6 +34,7 @@ from conftest import device_name, synced
 
 RECIPE_ITERS, RECIPE_PHASES = 100_000, 224  # 25 first + 199 multiples of 500 (FACTS.md)
 _BASELINE: dict[str, float] = {}  # device -> eager fp32 reference seconds per iteration
+_FLOPS: dict[str, int] = {}  # device -> floating-point operations of one iteration (n_critic 5)
 
 
 def sizes(device):
@@ -74,6 +77,21 @@ def baseline_seconds(device, rounds: int = 5) -> float:
     return (time.perf_counter() - t0) / rounds
 
 
+def iteration_flops(device) -> int:
+    """Operations of one generator iteration (5 critic steps and the generator step) as torch's
+    FlopCounterMode counts them (convolutions forward and backward, 2 per multiply-add), on a
+    throwaway engine: the work every engine does, whatever its kernels."""
+    key = str(device)
+    if key not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        cfg, eng = make(device, "reference", amp=False)
+        with FlopCounterMode(display=False) as counter:
+            eng.iteration(cfg.n_critic)
+        _FLOPS[key] = counter.get_total_flops()
+    return _FLOPS[key]
+
+
 def measure(benchmark, device, cfg, eng, label):
     run5 = synced(lambda: eng.iteration(cfg.n_critic), device)
     run100 = synced(lambda: eng.iteration(cfg.n_critic_warmup), device)
@@ -98,6 +116,7 @@ def measure(benchmark, device, cfg, eng, label):
         "s_per_100_critic_iteration": t100,
         "recipe_projected_min": ((RECIPE_ITERS - RECIPE_PHASES) * t5 + RECIPE_PHASES * t100) / 60,
         "speedup_vs_reference_eager_fp32": _BASELINE[key] / t5,
+        "tflops": iteration_flops(device) / t5 / 1e12,
     })
 
 
