@@ -1,7 +1,7 @@
 """Data throughput: images per second from each loader at CelebA's size, and the resident sampler.
 
-A folder of CelebA-sized (178x218) JPEGs of the built-in synthetic faces is generated into a
-temporary folder (a few hundred on a CPU, 5000 on a GPU); each row decodes them with the
+The built-in synthetic faces are CelebA-sized (178x218) JPEGs (generated once into the cache;
+a few hundred of them on a CPU, all 4,000 on a GPU); each row decodes them with the
 training preprocessing (center crop 108, resize to 64) in steady state: the loader is started and
 its first batch taken before the clock starts, then ``STEPS`` batches are timed, several epochs
 of the folder on a CPU. Rows: the Pillow loader with one worker process per core (at most 8), DALI
@@ -10,14 +10,12 @@ one), and the resident sampler (a batch gathered and converted on the device; ba
 
     pytest bench/test_bench_data.py --benchmark-only
 """
-from concurrent.futures import ProcessPoolExecutor
-
 import pytest
 import torch
 
 from fastwgan.data.dali import DaliStream, ResidentSampler, dali_available, nhwc_to_training
 from fastwgan.data.pillow import default_workers, stream_batches, to_training
-from fastwgan.data.synthetic import JPEG_QUALITY, render_face
+from fastwgan.data import open_dataset
 
 from conftest import device_name, synced
 
@@ -26,25 +24,14 @@ IMAGE_SIZE, CROP = 64, 108
 
 def sizes(device):
     if device.type == "cuda":
-        return dict(images=5000, batch=64, steps=60, rounds=5)
+        return dict(images=4000, batch=64, steps=60, rounds=5)
     return dict(images=256, batch=32, steps=32, rounds=5)
 
 
-def _write(args):
-    folder, lo, hi = args
-    for i in range(lo, hi):
-        render_face(0, i).save(folder / f"{i:06d}.jpg", quality=JPEG_QUALITY)
-
-
 @pytest.fixture(scope="module")
-def celeba_like(tmp_path_factory):
+def celeba_like():
     n = sizes(torch.device("cuda" if torch.cuda.is_available() else "cpu"))["images"]
-    folder = tmp_path_factory.mktemp("celeba_like")
-    step = 250
-    jobs = [(folder, lo, min(n, lo + step)) for lo in range(0, n, step)]
-    with ProcessPoolExecutor(default_workers()) as pool:
-        list(pool.map(_write, jobs))
-    return sorted(folder.glob("*.jpg"))
+    return open_dataset(None).files[:n]
 
 
 def run_stream(benchmark, make, convert, device, s, info):

@@ -1,9 +1,12 @@
 """End-to-end training throughput: generator iterations/s and real images/s, every engine.
 
 One generator iteration = n_critic (5) critic steps + one generator step, batch 64, 64x64, the
-paper's DCGAN widths on a GPU; on a CPU 32x32, width 16, batch 16 (seconds, not minutes). Real
-batches come from a device-resident sampler for every row, so the rows compare model speed (the
-data pipeline has its own benchmark, test_bench_data.py).
+paper's DCGAN widths on a GPU; on a CPU 32x32, width 16, batch 16 (seconds, not minutes). The
+images are the built-in synthetic faces: 4,000 generated CelebA-sized (178x218) JPEGs, decoded
+once as training decodes CelebA (center crop 108, resize; DALI where installed, else Pillow) and
+kept on the device; every row draws its real batches from them with the resident sampler, so the
+rows compare training speed, not decoding (the loaders have their own benchmark,
+test_bench_data.py).
 
 Rows, all in one run on one device: the reference eager in fp32 and bf16, the reference under
 ``torch.compile(mode="max-autotune")``, the fast engine without graphs, and with graphs in fp32
@@ -35,6 +38,20 @@ from conftest import device_name, synced
 RECIPE_ITERS, RECIPE_PHASES = 100_000, 224  # 25 first + 199 multiples of 500 (FACTS.md)
 _BASELINE: dict[str, float] = {}  # device -> eager fp32 reference seconds per iteration
 _FLOPS: dict[str, int] = {}  # device -> floating-point operations of one iteration (n_critic 5)
+_DATA: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}  # (device, size) -> (images, loader)
+
+
+def real_images(device, image_size: int) -> tuple[torch.Tensor, str]:
+    """The synthetic CelebA-sized JPEGs decoded as for training: uint8 (N, H, W, 3) on ``device``,
+    and the loader's description (generated and decoded once, then read from the cache)."""
+    key = (str(device), image_size)
+    if key not in _DATA:
+        from fastwgan.data import Batches, open_dataset
+
+        batches = Batches(open_dataset(None), image_size, 108, 64, seed=0, device=device,
+                          mode="resident")
+        _DATA[key] = batches.data, batches.describe()
+    return _DATA[key]
 
 
 def sizes(device):
@@ -49,8 +66,7 @@ def make(device, engine: str, amp: bool, compile_mode: str | None = None):
     torch.manual_seed(0)
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
     D = Critic(cfg.image_size, cfg.ndf).to(device)
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, 256, (4096, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g)
+    data, _ = real_images(device, cfg.image_size)
     # each engine's own layout: the reference's modules are NCHW, the fast engine's channels_last
     # on CUDA (NCHW on a CPU)
     fast_layout = engine != "reference" and device.type == "cuda"
@@ -111,6 +127,7 @@ def measure(benchmark, device, cfg, eng, label):
     images = cfg.n_critic * cfg.batch_size
     benchmark.extra_info.update({
         "device": device_name(device), "engine": label, "batch": cfg.batch_size,
+        "data": real_images(device, cfg.image_size)[1],
         "image_size": cfg.image_size, "width": cfg.ngf,
         "img_per_s": images / t5, "gen_iters_per_s": 1 / t5,
         "s_per_100_critic_iteration": t100,
