@@ -249,9 +249,14 @@ def test_cache_round_trip_and_invalidation(tmp_path):
     cache = tmp_path / "c"
     a, hit = load_resident_dali(files, 16, None, cache, CPU)
     assert not hit and a.shape == (5, 16, 16, 3)
-    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["dali"]
+    # the decoded images and the list of files that did not decode (none here)
+    assert sorted(p.name.split(".", 1)[1] for p in cache.iterdir()) == ["failed.json", "npy"]
+    assert all(p.name.startswith("dali-") for p in cache.iterdir())
     b, hit = load_resident_dali(files, 16, None, cache, CPU)
     assert hit and torch.equal(a, b)
+    next(cache.glob("*.failed.json")).unlink()  # without its list the cache cannot be trusted
+    b, hit = load_resident_dali(files, 16, None, cache, CPU)
+    assert not hit and torch.equal(a, b)
     key = dali_cache_key(files, 16, None, CPU)
     assert dali_cache_key(files, 32, None, CPU) != key and dali_cache_key(files, 16, 100, CPU) != key
     assert dali_cache_key(files, 16, None, torch.device("cuda")) != key  # another decoder

@@ -1,4 +1,6 @@
 """The Pillow loaders on folders of real-world oddities."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,37 @@ def test_odd_folder_trains_through_loader(tmp_path):
     it = Batches(ds, 32, 40, 4, 0, torch.device("cpu"), mode="stream", workers=0, backend="pillow")
     seen = torch.cat([next(it) for _ in range(6)])
     assert torch.isfinite(seen).all() and seen.shape == (24, 3, 32, 32)
+
+
+def test_fill_from_next_is_cyclic_and_skips_bad_runs():
+    from fastwgan.data.pillow import fill_from_next
+
+    x = np.arange(6) * 10
+    fill_from_next(x, [1, 2, 5])  # 1 and 2 take 3's image; the last takes the first's
+    assert x.tolist() == [0, 30, 30, 30, 40, 0]
+    with pytest.raises(DataError, match="none of the 3 images"):
+        fill_from_next(np.zeros(3), [0, 1, 2])
+
+
+def test_undecodable_file_takes_the_next_image_in_every_mode(tmp_path):
+    """A file that passes the scan but does not decode: the resident decode and the stream both
+    put the next image of the folder in its place (the last file: the first image)."""
+    from fastwgan.data.pillow import decode_all
+
+    files = make_good_folder(tmp_path / "d", n=6)
+    raw = bytearray(files[5].read_bytes())
+    raw[20:-2] = bytes(len(raw) - 22)  # header and end marker kept, the data zeroed
+    files[5].write_bytes(bytes(raw))
+    failed = []
+    arr = decode_all(files, 16, None, workers=0, failed=failed)
+    assert [os.path.basename(p) for p, _ in failed] == ["005.jpg"]
+    assert np.array_equal(arr[5], arr[0])
+    ds = open_dataset(str(tmp_path / "d"))
+    assert len(ds.files) == 6  # the scan lets it through
+    with pytest.warns(UserWarning, match="could not decode .*005.jpg") as caught:
+        it = Batches(ds, 16, None, 6, 0, torch.device("cpu"), mode="stream", workers=0, backend="pillow")
+        streamed = torch.cat([next(it) for _ in range(3)])  # 3 epochs: the file comes up 3 times
+    assert sum("005.jpg" in str(w.message) for w in caught) == 1  # said once
+    resident = torch.from_numpy(arr).float() / 127.5 - 1
+    for image in streamed:  # every streamed image is one of the resident ones
+        assert min((image - r).abs().max() for r in resident) == 0

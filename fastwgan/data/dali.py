@@ -49,8 +49,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_all, default_workers,
-                                  read_failed, undecodable_warning, write_failed)
+from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_files, default_workers,
+                                  fill_from_next, read_failed, undecodable_warning, write_failed)
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
@@ -183,7 +183,10 @@ def _pillow_nhwc(files: Sequence[Path], indices: Sequence[int], image_size: int,
     """Files ``indices`` of ``files`` decoded by the Pillow loader (a file it cannot decode is
     replaced by the next one, with a warning): uint8 (n, H, W, 3) on ``device``."""
     ds = ImageFiles(files, image_size, crop)
-    batch = torch.stack([ds[i] for i in indices]).permute(0, 2, 3, 1)
+    items = [ds[i] for i in indices]
+    for path, why in {f for _, fs in items for f in fs}:
+        warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+    batch = torch.stack([x for x, _ in items]).permute(0, 2, 3, 1)
     return batch.contiguous().to(device)
 
 
@@ -202,10 +205,11 @@ def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], dev
     """Every file decoded by DALI with the training preprocessing: uint8 (N, H, W, 3) on ``device``.
 
     A chunk where DALI stops is decoded by Pillow; a file that fails there too is replaced by the
-    next one and, with ``failed`` (a list), appended to it (see ``pillow.decode_all``)."""
+    next one that decodes and, with ``failed`` (a list), appended to it (as ``pillow.decode_all``)."""
     files = list(files)
     n = len(files)
     out = torch.empty((n, image_size, image_size, 3), dtype=torch.uint8, device=device)
+    bad: list[tuple[int, str, str]] = []  # (index, path, reason) of files Pillow could not decode
     bar = None
     if progress:
         from tqdm import tqdm
@@ -225,15 +229,21 @@ def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], dev
         except RuntimeError as e:
             warnings.warn(f"DALI stopped on a file among {chunk[0].name} .. {chunk[-1].name} "
                           f"({error_reason(e)}); decoding these {len(chunk)} files with Pillow")
-            # within the chunk, as pillow.decode_all does: a bad file is replaced by the next one
-            arr = decode_all(chunk, image_size, crop, workers, failed=failed)
+            arr, chunk_bad = decode_files(chunk, image_size, crop, workers)
             out[lo:lo + len(chunk)].copy_(torch.from_numpy(arr).permute(0, 2, 3, 1))
+            bad += [(lo + i, path, why) for i, path, why in chunk_bad]
         del pipe
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     _release_dali_memory()
+    fill_from_next(out, [i for i, _, _ in bad])
+    report = [(path, why) for _, path, why in bad]
+    if failed is not None:
+        failed += report
+    elif report:
+        warnings.warn(undecodable_warning(report, n))
     return out
 
 
@@ -268,9 +278,11 @@ def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[in
     if path.exists():
         try:
             arr = np.load(path, mmap_mode="r")
-            if arr.shape == (len(files), image_size, image_size, 3) and arr.dtype == np.uint8:
+            known = read_failed(path)
+            if (arr.shape == (len(files), image_size, image_size, 3) and arr.dtype == np.uint8
+                    and known is not None):
                 if failed is not None:
-                    failed += read_failed(path)
+                    failed += known
                 return _to_device(arr, device), True
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastwgan.data.files import load_image
+from fastwgan.data.files import DataError, load_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
 
 
 class EpochBatches:
@@ -51,32 +51,58 @@ class EpochBatches:
             epoch, b = epoch + 1, 0
 
 
+def _reason(e: Exception, path: Path) -> str:
+    why = str(e).split("\n")[0].replace(f"'{path}'", "").replace(str(path), "").strip()
+    return why[:120] or type(e).__name__
+
+
+def decode_or_reason(path: Path, image_size: int, crop: int | None) -> tuple[np.ndarray | None, str]:
+    """(H, W, 3) uint8 with the training preprocessing, or (None, why it failed to decode)."""
+    try:
+        return load_image(path, image_size, crop), ""
+    except Exception as e:  # a file that passed the scan (signature, end marker) but is damaged
+        return None, _reason(e, path)
+
+
 class ImageFiles(Dataset):
-    """Files decoded with Pillow; a file that fails to decode is replaced by the next one.
+    """Files decoded with Pillow; a file that fails to decode is replaced by the next one in the
+    list (cyclically), as the resident decode does.
 
-    Such a file passed the scan (right signature and end marker) but its data is damaged. Each
-    one is recorded in ``failed`` (path -> reason) and, with ``warn``, warned about once."""
+    Each item is ``(image (3, H, W) uint8, failures)``, ``failures`` listing the (path, reason) of
+    files passed over for it: a DataLoader's worker processes cannot report otherwise. The
+    stream (``stream_batches``) warns about each file once."""
 
-    def __init__(self, files: Sequence[Path], image_size: int, crop: int | None, warn: bool = True):
-        self.files, self.image_size, self.crop, self.warn = list(files), image_size, crop, warn
-        self.failed: dict[Path, str] = {}
+    def __init__(self, files: Sequence[Path], image_size: int, crop: int | None):
+        self.files, self.image_size, self.crop = list(files), image_size, crop
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+        failures = []
         for k in range(len(self.files)):
             path = self.files[(i + k) % len(self.files)]
-            try:
-                a = load_image(path, self.image_size, self.crop)
-            except Exception as e:  # a file that passed the scan but does not decode
-                if path not in self.failed and self.warn:
-                    warnings.warn(f"could not decode {path}: {e}; using the next image instead")
-                why = str(e).split("\n")[0].replace(f"'{path}'", "").replace(str(path), "").strip()
-                self.failed[path] = why[:120] or type(e).__name__
+            a, why = decode_or_reason(path, self.image_size, self.crop)
+            if a is None:
+                failures.append((str(path), why))
                 continue
-            return torch.from_numpy(a).permute(2, 0, 1)  # (3, H, W) uint8
-        raise RuntimeError("no image in the dataset could be decoded")
+            return torch.from_numpy(a).permute(2, 0, 1), failures  # (3, H, W) uint8
+        raise DataError(f"none of the {len(self.files)} images could be decoded")
+
+
+def _collate(items) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    return torch.stack([x for x, _ in items]), [f for _, fs in items for f in fs]
+
+
+def _warn_once(batches) -> Iterator[torch.Tensor]:
+    """The images of (images, failures) batches; each failing file warned about once."""
+    seen: set[str] = set()
+    for images, failures in batches:
+        for path, why in failures:
+            if path not in seen:
+                seen.add(path)
+                warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+        yield images
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -97,6 +123,7 @@ def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, bat
     loader = DataLoader(
         ImageFiles(files, image_size, crop),
         batch_sampler=EpochBatches(len(files), batch_size, seed, start),
+        collate_fn=_collate,
         num_workers=workers,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_sigint if workers > 0 else None,
@@ -105,7 +132,7 @@ def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, bat
         # its own generator, so that creating the loader does not consume the global RNG
         generator=torch.Generator().manual_seed(seed),
     )
-    return iter(loader)
+    return _warn_once(loader)
 
 
 # --- resident: decode once, keep in memory -----------------------------------------------------
@@ -120,11 +147,33 @@ def cache_key(files: Sequence[Path], image_size: int, crop: int | None) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+    """Files ``lo``.. of a chunk: (images, [(index in the chunk, path, reason)]) with the images
+    that fail left black, for ``fill_from_next`` to replace."""
     paths, image_size, crop = args
-    ds = ImageFiles(paths, image_size, crop, warn=False)
-    arr = np.stack([ds[i].numpy() for i in range(len(paths))])
-    return arr, [(str(p), why) for p, why in ds.failed.items()]
+    out = np.zeros((len(paths), 3, image_size, image_size), np.uint8)
+    bad = []
+    for i, path in enumerate(paths):
+        a, why = decode_or_reason(path, image_size, crop)
+        if a is None:
+            bad.append((i, str(path), why))
+        else:
+            out[i] = a.transpose(2, 0, 1)
+    return out, bad
+
+
+def fill_from_next(images, bad: Sequence[int]) -> None:
+    """Replace each image at a ``bad`` index by the next good one, cyclically (as the stream
+    does): ``images`` is an array or tensor indexed by image first."""
+    bad_set = set(bad)
+    n = len(images)
+    if len(bad_set) >= n:
+        raise DataError(f"none of the {n} images could be decoded")
+    for i in sorted(bad_set):
+        k = (i + 1) % n
+        while k in bad_set:
+            k = (k + 1) % n
+        images[i] = images[k]
 
 
 def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
@@ -135,12 +184,10 @@ def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
             f"image in the folder: {shown}{more}")
 
 
-def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
-               progress: bool = False, failed: list | None = None) -> np.ndarray:
-    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W).
-
-    A file that does not decode is replaced by the next one; with ``failed`` (a list) they are
-    appended to it as (path, reason), otherwise warned about in one line."""
+def decode_files(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
+                 progress: bool = False) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W), and the files that
+    failed as (index, path, reason), left black (``decode_all`` fills them)."""
     workers = default_workers() if workers < 0 else workers
     chunk = 256
     jobs = [(list(files[i:i + chunk]), image_size, crop) for i in range(0, len(files), chunk)]
@@ -154,20 +201,33 @@ def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers
     else:
         pool = ProcessPoolExecutor(workers)
         results = pool.map(_decode_chunk, jobs)
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[int, str, str]] = []
     for i, (arr, chunk_bad) in enumerate(results):
         out[i * chunk:i * chunk + len(arr)] = arr
-        bad += chunk_bad
+        bad += [(i * chunk + k, path, why) for k, path, why in chunk_bad]
         if bar is not None:
             bar.update(len(arr))
     if bar is not None:
         bar.close()
     if workers > 1 and len(jobs) > 1:
         pool.shutdown()
+    return out, bad
+
+
+def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
+               progress: bool = False, failed: list | None = None) -> np.ndarray:
+    """Every file decoded with the training preprocessing: uint8 (N, 3, H, W).
+
+    A file that does not decode is replaced by the next one that does (as in the stream); with
+    ``failed`` (a list) they are appended to it as (path, reason), otherwise warned about in one
+    line. DataError when none decodes."""
+    out, bad = decode_files(files, image_size, crop, workers, progress)
+    fill_from_next(out, [i for i, _, _ in bad])
+    report = [(path, why) for _, path, why in bad]
     if failed is not None:
-        failed += bad
-    elif bad:
-        warnings.warn(undecodable_warning(bad, len(files)))
+        failed += report
+    elif report:
+        warnings.warn(undecodable_warning(report, len(files)))
     return out
 
 
@@ -175,19 +235,20 @@ def _failed_path(npy: Path) -> Path:
     return npy.with_name(npy.stem + ".failed.json")
 
 
-def read_failed(npy: Path) -> list[tuple[str, str]]:
-    """The files a cached decode replaced (written beside the .npy)."""
+def read_failed(npy: Path) -> list[tuple[str, str]] | None:
+    """The files a cached decode replaced (written beside the .npy before it); None when that
+    list is missing or unreadable, and the cache cannot say: decode again."""
     try:
         return [tuple(x) for x in json.loads(_failed_path(npy).read_text())]
-    except (OSError, ValueError):
-        return []
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def write_failed(npy: Path, failed: Sequence[tuple[str, str]]) -> None:
-    if failed:
-        _failed_path(npy).write_text(json.dumps([list(x) for x in failed]))
-    else:
-        _failed_path(npy).unlink(missing_ok=True)
+    path = _failed_path(npy)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps([list(x) for x in failed]))
+    os.replace(tmp, path)
 
 
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
@@ -202,9 +263,11 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
     if path.exists():
         try:
             arr = np.load(path)
-            if arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8:
+            known = read_failed(path)
+            if (arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8
+                    and known is not None):
                 if failed is not None:
-                    failed += read_failed(path)
+                    failed += known
                 return arr, True
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
