@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should check, in one call of well under 8 minutes:
+# Everything a lent GPU machine should check, in one call of at most 7.5 minutes (step limits
+# of 7 minutes, plus the install and the summary):
 #   GPU tests (pytest -m gpu), the kernel benchmarks, the end-to-end training benchmark, and a
 #   kernel-by-kernel profile of one training iteration.
 # The training-parity check (2,000 iterations per backend) needs a call of its own, a few minutes:
@@ -48,7 +49,7 @@ step() {  # name, timeout (s), command...
   echo "$name: exit $rc in $((SECONDS - t0)) s ($(tail -n 1 "$DETAIL/$name.log"))" | tee -a "$OUT/steps.txt"
 }
 
-# Step limits add up to 7.5 minutes at most: a step that runs over is cut, and the rest still run.
+# Step limits add up to 7 minutes at most: a step that runs over is cut, and the rest still run.
 # The GPU tests in two steps, each with its own report: the engine and optimizer first, then the
 # BatchNorm kernel's matrix (many kernel variants to compile).
 step gpu-tests 70 python -m pytest -m "gpu and not slow" tests/ --ignore=tests/test_bn_act.py -q \
@@ -59,11 +60,11 @@ step bench-optim 30 python -m pytest bench/test_bench_optim.py --benchmark-only 
   --benchmark-json="$DETAIL/optim.json"
 FASTWGAN_BENCH_DTYPES=bfloat16 step bench-bn-act 40 python -m pytest bench/test_bench_bn_act.py \
   --benchmark-only -q --benchmark-json="$DETAIL/bn_act.json"
-step bench-train 85 python -m pytest bench/test_bench_train.py --benchmark-only -q -k "not compiled" \
+step bench-train 80 python -m pytest bench/test_bench_train.py --benchmark-only -q -k "not compiled" \
   --benchmark-json="$DETAIL/train.json"
 step profile 30 python bench/profile_step.py --out "$OUT/profile.md"
 # Inductor's max-autotune compiles and times many kernel choices per convolution: the longest step
-step bench-compile 115 python -m pytest bench/test_bench_train.py --benchmark-only -q -k compiled \
+step bench-compile 100 python -m pytest bench/test_bench_train.py --benchmark-only -q -k compiled \
   --benchmark-json="$DETAIL/compile.json"
 step bench-data 20 python -m pytest bench/test_bench_data.py --benchmark-only -q \
   --benchmark-json="$DETAIL/data.json"

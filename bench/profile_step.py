@@ -1,7 +1,7 @@
 """Where a training iteration's time goes, kernel by kernel: the fast engine with CUDA graphs in
 bf16 against the eager fp32 reference, at the benchmark's sizes (test_bench_train.py).
 
-    python bench/profile_step.py --out bench-out/profile.txt [--iterations 10]
+    python bench/profile_step.py --out bench-out/profile.md [--iterations 10]
 
 For each engine: wall time per iteration, the device's busy time per iteration (the sum of its
 kernels' durations; their share of the wall time says how much is launch overhead and idling),

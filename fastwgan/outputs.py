@@ -50,7 +50,7 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     path = Path(path)
     fmt = grid_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     extra = {"quality": 95} if fmt == "JPEG" else {}
     Image.fromarray(make_grid(images, nrow)).save(tmp, format=fmt, **extra)
     os.replace(tmp, path)

@@ -7,6 +7,7 @@ Losses stay on the device and are read at log points only.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shlex
 import shutil
@@ -83,13 +84,36 @@ def holds_run(out: str | Path) -> bool:
     return (Path(out) / ckpt_io.CHECKPOINT_NAME).exists()
 
 
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run wrote into ``out``: its own files, nothing else."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+REPLACED = ".replaced"  # an overwritten run's files, until the new run's first checkpoint
+
+
+def clear_run(out: Path) -> Optional[Path]:
+    """Clear ``out`` of what an earlier run wrote there (its own files, nothing else).
+
+    A run with a checkpoint is moved aside into ``out/.replaced`` (returned), which the new run
+    removes once it has written its first checkpoint: a start that fails loses nothing. The
+    leftovers of a run that never wrote a checkpoint are removed at once."""
+    files = [out / name for name in RUN_FILES if (out / name).exists()]
     if (out / "samples").is_dir():
-        for p in (out / "samples").glob("iter_*.png"):
+        files += sorted((out / "samples").glob("iter_*.png"))
+    if not holds_run(out):
+        for p in files:
             p.unlink()
+        return None
+    aside = out / REPLACED
+    shutil.rmtree(aside, ignore_errors=True)
+    (aside / "samples").mkdir(parents=True)
+    for p in files:
+        os.replace(p, aside / p.relative_to(out))
+    return aside
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM during training: stop at once, without a checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def ignored_flags(args, cfg: Config) -> list[str]:
@@ -187,12 +211,24 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
     Everything logged also goes to ``train.log`` in the run folder, after a line with the time
     and ``command``."""
     run_log = RunLog(log, command)
+    show_warning = warnings.showwarning
+
+    def show_and_keep(message, category, filename, lineno, file=None, line=None):
+        show_warning(message, category, filename, lineno, file, line)
+        run_log.write(f"warning: {message}")
+
+    warnings.showwarning = show_and_keep
     try:
         return _train(cfg, resume, run_log, notes)
     except Stop as e:
         run_log.write(f"stopped: {e}")
         raise
+    except KeyboardInterrupt as e:
+        name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+        run_log.write(f"stopped at once by a second {name}, without a checkpoint")
+        raise
     finally:
+        warnings.showwarning = show_warning
         run_log.close()
 
 
@@ -231,12 +267,14 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     # run's files; a run resumed in place keeps its history.
     source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
     in_place = resume is not None and source.resolve() == out.resolve()
-    if not in_place and out.exists():
-        clear_run(out)
+    replaced = clear_run(out) if not in_place and out.exists() else None
     (out / "samples").mkdir(parents=True, exist_ok=True)
     if resume and not in_place and (source / "metrics.jsonl").exists():
         shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
     log.open(out / "train.log", append=in_place)
+    if replaced is not None:
+        log(f"note: the run that was in {out} is kept in {replaced} until this run writes its "
+            "first checkpoint")
     if resume and not in_place:
         log(f"resuming {source} (iteration {start_iter}) into {out}")
 
@@ -253,7 +291,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         engine.opt_d.load_state_dict(resume["opt_d"])
         elapsed0 = resume.get("elapsed", 0.0)
         ckpt_io.set_rng_state(resume["rng"])
-        log(f"resumed from iteration {start_iter}")
+        log(f"resumed from iteration {start_iter}" + (
+            " (what the log above says of later iterations was not kept)" if in_place else ""))
     log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
         f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
@@ -304,6 +343,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
             "log_accum": {"sums": sums.cpu(), "critic_steps": n_crit, "gen_steps": n_gen},
         }, out / ckpt_io.CHECKPOINT_NAME)
         last_good["iteration"] = iteration
+        if replaced is not None and replaced.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
 
     def raise_nonfinite(iteration: int) -> None:
         kept = (f"the last good checkpoint, from iteration {last_good['iteration']}, is kept in "
@@ -317,7 +358,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
     def on_signal(signum, _frame):
         if stop_signal:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         stop_signal.append(signum)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -336,10 +377,13 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     show_bar = cfg.progress and sys.stderr.isatty()
     bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
                disable=not show_bar, smoothing=0.05)
+    described = engine.describe()
     try:
         for it in range(start_iter, cfg.iters):
             n_critic = cfg.n_critic_at(it)
             engine.iteration(n_critic)
+            if it == start_iter and engine.describe() != described:  # e.g. a capture that failed
+                log(f"engine: {engine.describe()}")
             n_crit += n_critic
             n_gen += 1
             images_since_log += n_critic * cfg.batch_size
@@ -422,9 +466,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Stop as e:
         print(("error: " if e.code == 1 else "") + str(e), file=sys.stderr)
         return e.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
         warnings.formatwarning = show_warning
     return 0

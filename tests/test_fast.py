@@ -300,8 +300,12 @@ def test_graph_replay_equals_eager(feed, loss):
 @pytest.mark.gpu
 def test_capture_beside_a_pinned_memory_loader(tmp_path):
     """A streamed dataset: DataLoader workers and the pin-memory thread call CUDA while the steps
-    are captured (here made certain by a thread that pins host memory all along). The capture
-    must succeed (CAPTURE_ERROR_MODE), the other thread see no error, the stream go on in order."""
+    are captured. To be sure such calls happen during the capture, a thread page-locks and
+    releases host memory all along (cudaHostRegister: under torch's default "global" capture mode
+    it fails in that thread and invalidates the capture). The capture must succeed
+    (CAPTURE_ERROR_MODE), the other thread see no error, the stream go on in order."""
+    import ctypes
+    import mmap
     import threading
 
     from fastwgan.data import Batches, open_dataset
@@ -315,25 +319,32 @@ def test_capture_beside_a_pinned_memory_loader(tmp_path):
     batches = Batches(open_dataset(str(tmp_path / "d")), 64, None, cfg.batch_size, seed=0,
                       device=dev, mode="stream", workers=2, backend="pillow")
     engine = FastEngine(cfg, G, D, batches, dev, None, graphs=True)
-    done, errors = threading.Event(), []
+    done, errors, calls = threading.Event(), [], [0]
+    page_aligned = mmap.mmap(-1, 1 << 20)
+    ptr = ctypes.addressof(ctypes.c_char.from_buffer(page_aligned))
+    cudart = torch.cuda.cudart()
 
-    def pin():
+    def lock_pages():
         try:
             while not done.is_set():
-                torch.empty(1 << 20).pin_memory()
+                torch.cuda.check_error(cudart.cudaHostRegister(ptr, 1 << 20, 0))
+                torch.cuda.check_error(cudart.cudaHostUnregister(ptr))
+                torch.empty(1 << 16).pin_memory()
+                calls[0] += 1
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    pinner = threading.Thread(target=pin, daemon=True)
-    pinner.start()
+    locker = threading.Thread(target=lock_pages, daemon=True)
+    locker.start()
     try:
         for it in [0, 30, 31, 500]:
             engine.iteration(cfg.n_critic_at(it))
         torch.cuda.synchronize()
     finally:
         done.set()
-        pinner.join(timeout=10)
+        locker.join(timeout=10)
     assert not errors, errors
+    assert calls[0] > 0
     assert engine.capture_error is None and set(engine.graphs) == {"critic", "generator"}
     assert engine.data_position == 3 + 2 + 2 + 3
     assert torch.isfinite(engine.sums).all()

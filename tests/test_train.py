@@ -216,6 +216,44 @@ def test_overwrite_leaves_nothing_of_the_old_run(tmp_path, data, capsys):
     assert [r["iter"] for r in rows] == [1, 2]
     log = (out / "train.log").read_text()
     assert log.count("--- ") == 1 and "done: 2 iterations" in log and "iter 2/2" in log
+    assert not (out / ".replaced").exists()  # the old run, kept aside until the first checkpoint
+
+
+def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, data, monkeypatch):
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 2) == 0
+
+    def broken(*a, **k):
+        raise train.Stop("the engine could not start", 1)
+
+    monkeypatch.setattr(train, "make_engine", broken)
+    assert run("--data", data, "--out", out, "--iters", 2, "--overwrite") == 1
+    assert ckpt_io.load(out / ".replaced")["iteration"] == 2
+    assert (out / ".replaced" / "samples" / "iter_000002.png").exists()
+    assert "kept in" in (out / "train.log").read_text()
+
+
+def test_second_signal_stops_at_once(tmp_path, data, monkeypatch, capsys):
+    real_make_engine = train.make_engine
+
+    def twice_interrupted(*a, **k):
+        engine = real_make_engine(*a, **k)
+        iteration = engine.iteration
+
+        def interrupted(n):
+            iteration(n)
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the second: at once
+
+        engine.iteration = interrupted
+        return engine
+
+    monkeypatch.setattr(train, "make_engine", twice_interrupted)
+    out = tmp_path / "r"
+    assert run("--data", data, "--out", out, "--iters", 5, "--ckpt-every", 100) == 128 + signal.SIGTERM
+    assert "interrupted" in capsys.readouterr().err
+    assert "stopped at once by a second SIGTERM" in (out / "train.log").read_text()
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_interrupted_run_logs_the_same_rows(tmp_path, data, monkeypatch):
@@ -312,6 +350,6 @@ def test_damaged_jpeg_is_reported_once(tmp_path, backend, capsys):
         assert run("--data", tmp_path / "d", "--out", out, "--iters", 1, "--data-mode", "resident",
                    "--data-backend", backend) == 0
         log = capsys.readouterr().out
-        assert "1 of 10 image(s) could not be decoded" in log and "003.jpg" in log, log
+        assert log.count("could not be decoded") == 1 and "1 of 10 image(s)" in log and "003.jpg" in log, log
         assert ("from the cache" in log) == (attempt == 1)
         assert "could not be decoded" in (out / "train.log").read_text()

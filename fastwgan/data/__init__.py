@@ -52,7 +52,7 @@ def open_dataset(data_dir: Optional[str], log=None) -> Dataset:
         from fastwgan.data.synthetic import ensure_synthetic_dataset, synthetic_dataset_ready
 
         if log is not None and not synthetic_dataset_ready(cache_root()):
-            log(f"data: generating the built-in synthetic faces into {cache_root()} (once, about 30 s)")
+            log(f"data: generating the built-in synthetic faces into {cache_root()} (once, under a minute)")
         root = ensure_synthetic_dataset(cache_root())
         scan = scan_images(root)
         return Dataset(root, scan.files, True, scan.bad)

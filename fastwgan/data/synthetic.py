@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -361,8 +362,10 @@ def _write_images(folder: Path, n: int, seed: int) -> None:
     # (seed, index), so the bytes are the same however the work is split).
     chunk = 250
     jobs = [(folder, seed, lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
-    workers = min(len(jobs), os.cpu_count() or 1, 8)
-    if workers <= 1:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(len(jobs), cores, 8)
+    # a daemonic process (a DataLoader or multiprocessing.Pool worker) may not start children
+    if workers <= 1 or multiprocessing.current_process().daemon:
         for job in jobs:
             _write_range(job)
         return
