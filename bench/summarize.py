@@ -19,6 +19,7 @@ COLUMNS = [  # (extra_info key, column title, format)
     ("us_per_step", "us/step", "{:,.1f}"),
     ("us", "us", "{:,.1f}"),
     ("tflops", "TFLOP/s", "{:,.2f}"),
+    ("mfu", "MFU (bf16 peak)", "{:.1%}"),
     ("speedup_vs_reference_eager_fp32", "x eager fp32 ref", "{:.2f}"),
     ("recipe_projected_min", "paper recipe (min)", "{:,.1f}"),
 ]

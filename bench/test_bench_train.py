@@ -11,7 +11,8 @@ test_bench_data.py).
 Rows, all in one run on one device: the reference eager in fp32 and bf16, the reference under
 ``torch.compile(mode="max-autotune")``, the fast engine without graphs, and with graphs in fp32
 and bf16. ``extra_info`` carries img/s, gen_iters/s, the achieved TFLOP/s (the convolutions'
-operations as torch's FlopCounterMode counts them: about 1.65 GFLOP per real image at 64x64), the
+operations as torch's FlopCounterMode counts them: about 1.65 GFLOP per real image at 64x64) and,
+on a GPU whose peak is known, the model FLOPs utilisation against its dense bf16 peak, the
 ratio to the eager fp32 reference of the same run (when it ran first, as it does in file order) and
 the projected time of the paper's full recipe: 1e5 generator iterations, of which 224 are
 100-critic-step phases.
@@ -39,6 +40,15 @@ RECIPE_ITERS, RECIPE_PHASES = 100_000, 224  # 25 first + 199 multiples of 500 (F
 _BASELINE: dict[str, float] = {}  # device -> eager fp32 reference seconds per iteration
 _FLOPS: dict[str, int] = {}  # device -> floating-point operations of one iteration (n_critic 5)
 _DATA: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}  # (device, size) -> (images, loader)
+# dense bf16 tensor-core peaks by datasheet (TFLOP/s), most specific name first: the denominator of
+# the model FLOPs utilisation (MFU) of every row, fp32 rows included
+BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("A100", 312.0)]
+
+
+def bf16_peak(device) -> float | None:
+    name = device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
 
 
 def real_images(device, image_size: int) -> tuple[torch.Tensor, str]:
@@ -135,6 +145,9 @@ def measure(benchmark, device, cfg, eng, label):
         "speedup_vs_reference_eager_fp32": _BASELINE[key] / t5,
         "tflops": iteration_flops(device) / t5 / 1e12,
     })
+    peak = bf16_peak(device)
+    if peak:
+        benchmark.extra_info["mfu"] = benchmark.extra_info["tflops"] / peak
 
 
 def test_reference_eager_fp32(benchmark, bench_device):
