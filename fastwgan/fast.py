@@ -8,10 +8,11 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 * real batches come from a ``ResidentSampler`` (the decoded dataset on the device, indices drawn
   on the device) and z is drawn on the device: no host work per step;
 * on CUDA, after one eager iteration on a side stream (which compiles every Triton kernel and
-  picks the cuDNN algorithms), three graphs are captured: one critic step, one generator step,
-  and a whole iteration (n_critic critic steps and the generator step). An ordinary iteration is
-  one replay; the warm-up phases (``--n-critic-warmup``) replay the critic graph and then the
-  generator graph, without recapture;
+  picks the cuDNN algorithms), up to three graphs are captured: a whole iteration (n_critic
+  critic steps and the generator step), one critic step and one generator step. An ordinary
+  iteration is one replay; the warm-up phases (``--n-critic-warmup``) replay the critic graph and
+  then the generator graph, without recapture (``--loss gan`` has no phases and captures only the
+  iteration; a host-fed stream replays the step graphs, its batch copied in before each);
 * losses accumulate in a device buffer read at log intervals only.
 
 On a CPU the same engine runs eagerly with the plain-PyTorch twins, so the loop code is the one
@@ -103,7 +104,7 @@ class FastEngine(Engine):
         self.static_real: Optional[torch.Tensor] = None
         self.pending = False
         self.eager_iterations = 0
-        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # critic, generator[, iteration]
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # [critic, generator,] [iteration]
         self.capture_error: Optional[str] = None
         self.iteration_critic_steps = cfg.steady_n_critic  # what the iteration graph holds
 
@@ -114,7 +115,12 @@ class FastEngine(Engine):
 
     # --- capture ---
     def _capture(self) -> None:
-        parts = {"critic": self.critic, "generator": self.generator}
+        parts = {}
+        # the step graphs: for a host stream (a batch copied in before each critic step), and for
+        # the warm-up phases of another number of critic steps (none with --loss gan)
+        phases = self.cfg.loss == "wgan" and self.cfg.n_critic_warmup != self.iteration_critic_steps
+        if not self.device_sampler or phases:
+            parts.update(critic=self.critic, generator=self.generator)
         if self.device_sampler:
             n = self.iteration_critic_steps
             parts["iteration"] = lambda: Engine.iteration(self, n)
