@@ -223,9 +223,11 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
     except Stop as e:
         run_log.write(f"stopped: {e}")
         raise
-    except KeyboardInterrupt as e:
-        name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
-        run_log.write(f"stopped at once by a second {name}, without a checkpoint")
+    except Interrupted as e:
+        run_log.write(f"stopped at once by a second {signal.Signals(e.signum).name}, without a checkpoint")
+        raise
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was set
+        run_log.write("interrupted before training started")
         raise
     finally:
         warnings.showwarning = show_warning
