@@ -395,6 +395,17 @@ if triton is not None:
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _saved_affine(stats_ptr, w_ptr, b_ptr, cols, col_mask, C):
+        """The forward's mean and rstd of channels ``cols``, and the scale and shift that make
+        its pre-activation: y_pre = x * scale + shift (fp32, (BLOCK_C,) each)."""
+        mean = tl.load(stats_ptr + cols, mask=col_mask, other=0.0)
+        rstd = tl.load(stats_ptr + C + cols, mask=col_mask, other=0.0)
+        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        scale = rstd * w
+        return mean, rstd, scale, b - mean * scale
+
+    @triton.jit
     def _bn_act_bwd_partial_kernel(
         x_ptr,                      # saved input, (N, C, *spatial)
         dy_ptr,                     # upstream gradient, same shape and layout
@@ -414,12 +425,7 @@ if triton is not None:
         chunks = tl.num_programs(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        mean = tl.load(stats_ptr + cols, mask=col_mask, other=0.0)
-        rstd = tl.load(stats_ptr + C + cols, mask=col_mask, other=0.0)
-        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        scale = rstd * w
-        shift = b - mean * scale
+        mean, rstd, scale, shift = _saved_affine(stats_ptr, w_ptr, b_ptr, cols, col_mask, C)
         acc_g = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         acc_gx = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         u_start = pid_k * UNITS_PER_PROG
@@ -492,12 +498,7 @@ if triton is not None:
         pid_k = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        mean = tl.load(stats_ptr + cols, mask=col_mask, other=0.0)
-        rstd = tl.load(stats_ptr + C + cols, mask=col_mask, other=0.0)
-        w = tl.load(w_ptr + cols, mask=col_mask, other=1.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        scale = rstd * w
-        shift = b - mean * scale
+        mean, rstd, scale, shift = _saved_affine(stats_ptr, w_ptr, b_ptr, cols, col_mask, C)
         if TRAINING:
             mean_g = tl.load(coef_ptr + cols, mask=col_mask, other=0.0)
             mean_gx = tl.load(coef_ptr + C + cols, mask=col_mask, other=0.0)
