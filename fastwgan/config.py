@@ -94,9 +94,14 @@ class Config:
         """Critic steps of an ordinary iteration, outside the warm-up phases."""
         return 1 if self.loss == "gan" else self.n_critic
 
+    @property
+    def warmup_phases(self) -> bool:
+        """Whether some iterations take another number of critic steps (``--n-critic-warmup``)."""
+        return self.loss == "wgan" and self.n_critic_warmup != self.n_critic
+
     def n_critic_at(self, gen_iter: int) -> int:
         """Critic steps before generator iteration ``gen_iter`` (0-based), as the paper's code."""
-        if self.loss == "wgan" and (gen_iter < 25 or gen_iter % 500 == 0):
+        if self.warmup_phases and (gen_iter < 25 or gen_iter % 500 == 0):
             return self.n_critic_warmup
         return self.steady_n_critic
 

@@ -31,6 +31,7 @@ from fastwgan.config import Config
 from fastwgan.metrics import (DIR_REPEATS, DIRS_PER_REPEAT, NHOOD_SIZE, NHOODS_PER_IMAGE,
                               fid_from_features, generate_uint8, sliced_wasserstein)
 from fastwgan.models import Generator
+from fastwgan.outputs import one_line_warnings
 
 PROG = "python -m fastwgan.eval"
 
@@ -214,16 +215,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    show_warning = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_a, **_k: f"{PROG}: warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
-        result = evaluate(args)
+        with one_line_warnings(f"{PROG}: warning: "):
+            result = evaluate(args)
     except EvalError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        warnings.formatwarning = show_warning
     print(format_table(result))
     if args.json:
         try:

@@ -106,7 +106,6 @@ class FastEngine(Engine):
         self.eager_iterations = 0
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # [critic, generator,] [iteration]
         self.capture_error: Optional[str] = None
-        self.iteration_critic_steps = cfg.steady_n_critic  # what the iteration graph holds
 
     def _real(self) -> torch.Tensor:
         if self.static_real is not None:  # graphs fed from a host-side stream
@@ -118,11 +117,10 @@ class FastEngine(Engine):
         parts = {}
         # the step graphs: for a host stream (a batch copied in before each critic step), and for
         # the warm-up phases of another number of critic steps (none with --loss gan)
-        phases = self.cfg.loss == "wgan" and self.cfg.n_critic_warmup != self.iteration_critic_steps
-        if not self.device_sampler or phases:
+        if not self.device_sampler or self.cfg.warmup_phases:
             parts.update(critic=self.critic, generator=self.generator)
-        if self.device_sampler:
-            n = self.iteration_critic_steps
+        if self.device_sampler:  # an ordinary iteration, as one graph
+            n = self.cfg.steady_n_critic
             parts["iteration"] = lambda: Engine.iteration(self, n)
         else:
             first = next(self.source)
@@ -153,7 +151,7 @@ class FastEngine(Engine):
             if self.eager_iterations == WARMUP_ITERATIONS:
                 self._try_capture()
             return
-        if self.device_sampler and n_critic == self.iteration_critic_steps:
+        if self.device_sampler and n_critic == self.cfg.steady_n_critic:
             self.graphs["iteration"].replay()
             return
         for _ in range(n_critic):

@@ -1,15 +1,30 @@
-"""What a run leaves to look at: image grids and the loss plot, and the metrics log."""
+"""What a run leaves to look at: image grids and the loss plot, the metrics log, and warnings
+printed as one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str):
+    """Warnings printed as ``prefix + message``, without the source file and line that Python
+    adds: what the command-line programs show their users."""
+    show = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{prefix}{message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = show
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from fastwgan.data.pillow import undecodable_warning
 from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
 from fastwgan.metrics import swd_for_training
-from fastwgan.outputs import MetricsLog, plot_losses, save_grid
+from fastwgan.outputs import MetricsLog, one_line_warnings, plot_losses, save_grid
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
@@ -447,13 +447,12 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     return {"iteration": cfg.iters, "elapsed": total, "out": str(out)}
 
 
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    show_warning = warnings.formatwarning
-    warnings.formatwarning = _warning_line  # one line, without this file's source
+    with one_line_warnings("warning: "):
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         cfg, resume, notes = parse_config(argv)
         if resume and resume["iteration"] >= cfg.iters:
@@ -471,8 +470,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as e:
         print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
-    finally:
-        warnings.formatwarning = show_warning
     return 0
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_files, default_workers,
-                                  fill_from_next, read_failed, undecodable_warning, write_failed)
+                                  fill_from_next, hand_over, read_cache, warn_replaced, write_cache)
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
@@ -185,7 +184,7 @@ def _pillow_nhwc(files: Sequence[Path], indices: Sequence[int], image_size: int,
     ds = ImageFiles(files, image_size, crop)
     items = [ds[i] for i in indices]
     for path, why in {f for _, fs in items for f in fs}:
-        warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+        warn_replaced(path, why)
     batch = torch.stack([x for x, _ in items]).permute(0, 2, 3, 1)
     return batch.contiguous().to(device)
 
@@ -239,11 +238,7 @@ def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], dev
         bar.close()
     _release_dali_memory()
     fill_from_next(out, [i for i, _, _ in bad])
-    report = [(path, why) for _, path, why in bad]
-    if failed is not None:
-        failed += report
-    elif report:
-        warnings.warn(undecodable_warning(report, n))
+    hand_over([(path, why) for _, path, why in bad], n, failed)
     return out
 
 
@@ -275,29 +270,15 @@ def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[in
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"dali-{dali_cache_key(files, image_size, crop, device)}.npy"
-    if path.exists():
-        try:
-            arr = np.load(path, mmap_mode="r")
-            known = read_failed(path)
-            if (arr.shape == (len(files), image_size, image_size, 3) and arr.dtype == np.uint8
-                    and known is not None):
-                if failed is not None:
-                    failed += known
-                return _to_device(arr, device), True
-        except (OSError, ValueError):
-            pass  # a damaged cache file is rebuilt below
-    bad: list = []
-    data = decode_dali(files, image_size, crop, device, workers, progress, failed=bad)
-    write_failed(path, bad)
-    if failed is not None:
-        failed += bad
-    elif bad:
-        warnings.warn(undecodable_warning(bad, len(files)))
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, data.cpu().numpy())  # host sync: once, after decoding
-    os.replace(tmp, path)
-    return data, False
+    hit = read_cache(path, (len(files), image_size, image_size, 3), mmap=True)
+    if hit is not None:
+        data, bad = _to_device(hit[0], device), hit[1]
+    else:
+        bad = []
+        data = decode_dali(files, image_size, crop, device, workers, progress, failed=bad)
+        write_cache(path, data.cpu().numpy(), bad)  # host sync: once, after decoding
+    hand_over(bad, len(files), failed)
+    return data, hit is not None
 
 
 def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

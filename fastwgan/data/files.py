@@ -43,6 +43,12 @@ class Scan:
                 f"under {self.root}: {shown}{more}")
 
 
+def default_workers() -> int:
+    """Decoding processes: one per core this process may run on, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores))
+
+
 def list_images(root: str | os.PathLike) -> list[Path]:
     """Every .jpg/.jpeg/.png below ``root`` (any case, nested folders), in a stable sorted order."""
     root = Path(root)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastwgan.data.files import DataError, load_image
+from fastwgan.data.files import DataError, default_workers, load_image
 
 CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
 
@@ -94,6 +94,11 @@ def _collate(items) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     return torch.stack([x for x, _ in items]), [f for _, fs in items for f in fs]
 
 
+def warn_replaced(path: str, why: str) -> None:
+    """What a loader says when it met a file that does not decode, and used the next image."""
+    warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+
+
 def _warn_once(batches) -> Iterator[torch.Tensor]:
     """The images of (images, failures) batches; each failing file warned about once."""
     seen: set[str] = set()
@@ -101,7 +106,7 @@ def _warn_once(batches) -> Iterator[torch.Tensor]:
         for path, why in failures:
             if path not in seen:
                 seen.add(path)
-                warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+                warn_replaced(path, why)
         yield images
 
 
@@ -109,10 +114,6 @@ def _ignore_sigint(_worker_id: int) -> None:
     # Ctrl-C reaches every process of the group: the main process saves a checkpoint, and the
     # workers must keep serving batches meanwhile.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, batch_size: int,
@@ -223,12 +224,17 @@ def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers
     line. DataError when none decodes."""
     out, bad = decode_files(files, image_size, crop, workers, progress)
     fill_from_next(out, [i for i, _, _ in bad])
-    report = [(path, why) for _, path, why in bad]
-    if failed is not None:
-        failed += report
-    elif report:
-        warnings.warn(undecodable_warning(report, len(files)))
+    hand_over([(path, why) for _, path, why in bad], len(files), failed)
     return out
+
+
+def hand_over(bad: Sequence[tuple[str, str]], n: int, failed: list | None) -> None:
+    """Files of ``n`` that did not decode, as (path, reason): appended to ``failed`` when the
+    caller collects them, else warned about in one line."""
+    if failed is not None:
+        failed += bad
+    elif bad:
+        warnings.warn(undecodable_warning(bad, n))
 
 
 def _failed_path(npy: Path) -> Path:
@@ -251,38 +257,50 @@ def write_failed(npy: Path, failed: Sequence[tuple[str, str]]) -> None:
     os.replace(tmp, path)
 
 
+def read_cache(path: Path, shape: tuple[int, ...], mmap: bool = False,
+               ) -> tuple[np.ndarray, list[tuple[str, str]]] | None:
+    """A current decoded cache at ``path``: the uint8 images of ``shape`` and the files that did not
+    decode; None when it is missing, damaged, of another shape, or without its list."""
+    if not path.exists():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError):
+        return None  # a damaged cache file is rebuilt
+    known = read_failed(path)
+    if arr.shape != shape or arr.dtype != np.uint8 or known is None:
+        return None
+    return arr, known
+
+
+def write_cache(path: Path, arr: np.ndarray, bad: Sequence[tuple[str, str]]) -> None:
+    """The decoded images and their list of files that did not decode, each written atomically;
+    the list first, so that a cache file is never found without it."""
+    write_failed(path, bad)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
                   workers: int = -1, progress: bool = False, failed: list | None = None,
                   ) -> tuple[np.ndarray, bool]:
     """The decoded dataset, from the .npy cache when it is current; returns (array, from_cache).
 
-    ``failed``, a list, receives the files that did not decode (as ``decode_all``), from the cache
-    too: a cached run reports them as the first one did."""
+    The files that did not decode are handed over as ``decode_all`` does (``failed``), from the
+    cache too: a cached run reports them as the first one did."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"decoded-{cache_key(files, image_size, crop)}.npy"
-    if path.exists():
-        try:
-            arr = np.load(path)
-            known = read_failed(path)
-            if (arr.shape == (len(files), 3, image_size, image_size) and arr.dtype == np.uint8
-                    and known is not None):
-                if failed is not None:
-                    failed += known
-                return arr, True
-        except (OSError, ValueError):
-            pass  # a damaged cache file is rebuilt below
-    bad: list[tuple[str, str]] = []
-    arr = decode_all(files, image_size, crop, workers, progress, failed=bad)
-    write_failed(path, bad)  # before the .npy: a cache hit never misses its list
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-    if failed is not None:
-        failed += bad
-    elif bad:
-        warnings.warn(undecodable_warning(bad, len(files)))
-    return arr, False
+    hit = read_cache(path, (len(files), 3, image_size, image_size))
+    if hit is not None:
+        arr, bad = hit
+    else:
+        bad = []
+        arr = decode_all(files, image_size, crop, workers, progress, failed=bad)
+        write_cache(path, arr, bad)
+    hand_over(bad, len(files), failed)
+    return arr, hit is not None
 
 
 def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fastwgan.data.files import default_workers
+
 VERSION = "v2"          # part of the cache folder name: bump when the drawing changes (v1:
                         # an unfinished drawing, briefly committed)
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned-and-cropped image size
@@ -362,8 +364,7 @@ def _write_images(folder: Path, n: int, seed: int) -> None:
     # (seed, index), so the bytes are the same however the work is split).
     chunk = 250
     jobs = [(folder, seed, lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(len(jobs), cores, 8)
+    workers = min(len(jobs), default_workers())
     # a daemonic process (a DataLoader or multiprocessing.Pool worker) may not start children
     if workers <= 1 or multiprocessing.current_process().daemon:
         for job in jobs:
