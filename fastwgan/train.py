@@ -247,7 +247,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     random.seed(cfg.seed)
 
     # --- data ---
-    dataset = open_dataset(cfg.data, log)
+    dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
             "To train on CelebA: --data /path/to/img_align_celeba --crop 108")
