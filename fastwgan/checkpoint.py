@@ -6,6 +6,7 @@ then renamed over the old one: a crash or a full disk mid-write never damages th
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from fastwgan.config import Config
 from fastwgan.models import Generator
+from fastwgan.runfolder import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -32,18 +34,18 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """``obj`` written to ``path`` whole or not at all (fastwgan.runfolder.atomic_write).
+
+    Serialised in memory first: a full disk then fails in a plain write, an OSError naming the
+    file, where torch.save into the file would raise a RuntimeError of its own."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+            f.write(buf.getbuffer())
+
+    return atomic_write(path, write)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fastwgan import checkpoint as ckpt_io
+from fastwgan import runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
 from fastwgan.data.pillow import undecodable_warning
@@ -65,8 +66,12 @@ class RunLog:
         if self.file is None:
             self.pending.append(line)
             return
-        self.file.write(line + "\n")
-        self.file.flush()
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as e:  # a failed write() names no file
+            e.filename = self.file.name
+            raise
 
     def open(self, path: Path, append: bool) -> None:
         self.file = open(path, "a" if append else "w", encoding="utf-8")
@@ -77,7 +82,10 @@ class RunLog:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # what a full disk kept from the log (the error was shown)
+                pass
 
 
 def holds_run(out: str | Path) -> bool:
@@ -219,7 +227,19 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
 
     warnings.showwarning = show_and_keep
     try:
-        return _train(cfg, resume, run_log, notes)
+        with runfolder.RunLock(cfg.out):  # before any data is decoded; released when the run ends
+            runfolder.remove_orphans(cfg.out)
+            return _train(cfg, resume, run_log, notes)
+    except OSError as e:
+        if not runfolder.is_write_failure(e):
+            raise
+        message = (f"{runfolder.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
+                   "(if any) is kept")
+        try:
+            run_log.write(f"stopped: {message}")
+        except OSError:
+            pass
+        raise Stop(message, 1) from None
     except Stop as e:
         run_log.write(f"stopped: {e}")
         raise
@@ -304,7 +324,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
 
     # --- outputs ---
-    (out / "config.json").write_text(cfg.to_json() + "\n")
+    runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     if not (out / "real_samples.png").exists():
         # (files that do not decode were reported above, or are warned about by the stream)
@@ -461,7 +481,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             return 0
         args = list(sys.argv[1:] if argv is None else argv)
         train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
-    except (ConfigError, DataError, ckpt_io.CheckpointError) as e:
+    except (ConfigError, DataError, ckpt_io.CheckpointError, runfolder.RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stop as e:
