@@ -174,7 +174,7 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict],
             raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume {cfg.out}, "
                               "or pass another --out (or --overwrite to start it again)")
         return cfg, None, ignored_flags(args, cfg)
-    ckpt = ckpt_io.load(args.resume)
+    ckpt = ckpt_io.load(args.resume, resume=True)  # validated before anything is written
     source = ckpt_io.checkpoint_path(args.resume).parent
     saved = Config.from_dict(ckpt["config"])
     for name in ARCHITECTURE:
