@@ -6,6 +6,11 @@ Losses stay on the device and are read at log points only.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line (fastwgan.startup)
+    from fastwgan.startup import quiet_interrupt
+
+    quiet_interrupt()
+
 import math
 import os
 import random
