@@ -72,7 +72,8 @@ class Config:
     n_critic: int = _f(5, "critic steps per generator step", "training")
     n_critic_warmup: int = _f(100, "critic steps for the first 25 generator iterations and every 500th "
                               "(equal to --n-critic disables these phases)", "training")
-    clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step", "training")
+    clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step "
+                      "(and once before the first, as the paper's code)", "training")
     amp: bool = _f(False, "bf16 autocast where the device supports it (fp32 master weights)", "training")
     backend: str = _f("auto", "fast: fused Triton kernels and CUDA graphs; reference: plain PyTorch; "
                       "auto: fast on CUDA, reference elsewhere", "training",

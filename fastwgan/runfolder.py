@@ -86,8 +86,9 @@ class RunLock:
         self.fd = None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` to a temporary beside ``path``, synced to disk, then renamed over ``path``.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], sync: bool = True) -> Path:
+    """``write(tmp)`` to a temporary beside ``path``, synced to disk (``sync``: not for a cache
+    that can be rebuilt), then renamed over ``path``.
 
     On any failure the temporary is removed and the error raised with ``path`` as its file name
     (a failed write() names no file of its own)."""
@@ -95,8 +96,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         e.filename = str(path)
