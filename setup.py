@@ -34,9 +34,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "fastwgan-train=fastwgan.train:main",
-            "fastwgan-sample=fastwgan.sample:main",
-            "fastwgan-eval=fastwgan.eval:main",
+            "fastwgan-train=fastwgan.startup:train",
+            "fastwgan-sample=fastwgan.startup:sample",
+            "fastwgan-eval=fastwgan.startup:evaluate",
         ]
     },
 )

@@ -6,6 +6,7 @@ then renamed over the old one: a crash or a full disk mid-write never damages th
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from fastwgan.config import Config
-from fastwgan.models import Generator
+from fastwgan.models import Critic, Generator
+from fastwgan.runfolder import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -32,21 +34,25 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """``obj`` written to ``path`` whole or not at all (fastwgan.runfolder.atomic_write).
+
+    Serialised in memory first: a full disk then fails in a plain write, an OSError naming the
+    file, where torch.save into the file would raise a RuntimeError of its own."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+            f.write(buf.getbuffer())
+
+    return atomic_write(path, write)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+         resume: bool = False) -> dict[str, Any]:
+    """A checkpoint read and validated (``validate``); ``resume``: everything training needs.
+
+    Raises CheckpointError (one line) for a missing, unreadable or damaged file."""
     p = checkpoint_path(path)
     if not p.exists():
         where = f"{path} has no {CHECKPOINT_NAME}" if Path(path).is_dir() else f"checkpoint not found: {p}"
@@ -62,7 +68,116 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
                               f"truncated or not a fastwgan checkpoint ({_reason(e)})") from None
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{p} is not a fastwgan checkpoint")
+    validate(ckpt, p, resume)
     return ckpt
+
+
+# What a checkpoint holds: the key, its type, and whether sampling and evaluation need it too
+# (training needs all of them; a missing optional one is written by older versions).
+FIELDS = {
+    "config": (dict, True),
+    "generator": (dict, True),
+    "critic": (dict, False),
+    "opt_g": (dict, False),
+    "opt_d": (dict, False),
+    "iteration": (int, False),
+    "data_position": (int, False),
+    "rng": (dict, False),
+}
+OPTIONAL = {"format": int, "elapsed": (int, float), "log_accum": dict}
+
+
+def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
+    """Check keys, types and shapes against the checkpoint's own config, before anything uses it:
+    a damaged file is refused in one line rather than failing halfway through a start.
+
+    Sampling and evaluation need the config and the generator (and check whatever else is
+    there); resuming (``resume``) needs every field of ``FIELDS``."""
+    def fail(what: str) -> None:
+        raise CheckpointError(f"{p} is damaged: {what}")
+
+    for key, (kind, always) in FIELDS.items():
+        if key not in ckpt:
+            if always or resume:
+                fail(f"it has no {key!r}")
+            continue
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            fail(f"its {key!r} is a {type(ckpt[key]).__name__}, not a {kind.__name__}")
+    for key, kind in OPTIONAL.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            fail(f"its {key!r} is a {type(ckpt[key]).__name__}")
+    for key in ("iteration", "data_position"):
+        if key in ckpt and ckpt[key] < 0:
+            fail(f"its {key!r} is negative ({ckpt[key]})")
+    try:
+        cfg = Config.from_dict(ckpt["config"]).validate()
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+        fail(f"its config is not valid ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        nets = {"generator": Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers),
+                "critic": Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers)}
+    for name, net in nets.items():
+        if name in ckpt:
+            why = _state_mismatch(ckpt[name], net.state_dict())
+            if why:
+                raise CheckpointError(f"{p}: the {name} does not match its config "
+                                      f"(ngf {cfg.ngf}, ndf {cfg.ndf}, {cfg.image_size}x{cfg.image_size}): {why}")
+    for opt, net in (("opt_g", "generator"), ("opt_d", "critic")):
+        if opt in ckpt:
+            why = _optimizer_mismatch(ckpt[opt], [q for q in nets[net].parameters()])
+            if why:
+                fail(f"its {opt!r} does not fit the {net}: {why}")
+    if "rng" in ckpt:
+        rng = ckpt["rng"]
+        if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("numpy"), (tuple, list))
+                and len(rng["numpy"]) == 5 and isinstance(rng.get("python"), (tuple, list))):
+            fail("its RNG states are incomplete")
+    acc = ckpt.get("log_accum")
+    if acc is not None and not (isinstance(acc.get("sums"), torch.Tensor) and acc["sums"].shape == (4,)
+                                and isinstance(acc.get("critic_steps"), int)
+                                and isinstance(acc.get("gen_steps"), int)):
+        fail("its 'log_accum' is incomplete")
+
+
+def _state_mismatch(state: dict, expected: dict[str, torch.Tensor]) -> str | None:
+    """Why the tensors of ``state`` differ from ``expected`` (keys, shapes, kinds), or None."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        return (f"{len(missing)} missing (first: {missing[0]})" if missing
+                else f"{len(extra)} unexpected (first: {extra[0]})")
+    for k, ref in expected.items():
+        v = state[k]
+        if not isinstance(v, torch.Tensor):
+            return f"{k} is a {type(v).__name__}, not a tensor"
+        if tuple(v.shape) != tuple(ref.shape):
+            return f"{k} has shape {tuple(v.shape)}, the config needs {tuple(ref.shape)}"
+        if v.is_floating_point() != ref.is_floating_point():
+            return f"{k} is {v.dtype}, the config needs {ref.dtype}"
+    return None
+
+
+def _optimizer_mismatch(sd: dict, params: list[torch.Tensor]) -> str | None:
+    """Why an optimizer state_dict does not fit ``params`` (torch's layout: parameters numbered in
+    group order, state per number), or None."""
+    groups, state = sd.get("param_groups"), sd.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict):
+        return "no param_groups or state"
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        return "a param group without params"
+    indices = [i for g in groups for i in g["params"]]
+    if len(indices) != len(params):
+        return f"{len(indices)} parameters, the network has {len(params)}"
+    shapes = {i: tuple(q.shape) for i, q in zip(indices, params)}
+    for i, s in state.items():
+        if i not in shapes or not isinstance(s, dict):
+            return f"state for an unknown parameter {i!r}"
+        for name, v in s.items():
+            if not isinstance(v, torch.Tensor):
+                return f"{name} of parameter {i} is a {type(v).__name__}"
+            if v.dim() > 0 and tuple(v.shape) != shapes[i]:
+                return f"{name} of parameter {i} has shape {tuple(v.shape)}, not {shapes[i]}"
+    return None
 
 
 def _reason(e: Exception) -> str:
@@ -104,7 +219,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
     """The generator of a checkpoint (or run directory), in eval mode, and its config."""
-    ckpt = load(path)
+    ckpt = load(path)  # validated: the weights fit the config
     cfg = Config.from_dict(ckpt["config"])
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers)
     G.load_state_dict(ckpt["generator"])

@@ -55,6 +55,8 @@ class Config:
     data_backend: str = _f("auto", "who decodes JPEGs: dali (on the GPU where there is one), pillow "
                            "(CPU worker processes); auto: dali when installed", "data",
                            choices=("auto", "dali", "pillow"))
+    max_pixels: int = _f(89_478_485, "largest image (width x height) any backend decodes: files whose "
+                         "header claims more are skipped, undecoded (Pillow's default limit)", "data")
 
     # --- model ---
     nz: int = _f(100, "size of the noise vector z", "model")
@@ -70,7 +72,8 @@ class Config:
     n_critic: int = _f(5, "critic steps per generator step", "training")
     n_critic_warmup: int = _f(100, "critic steps for the first 25 generator iterations and every 500th "
                               "(equal to --n-critic disables these phases)", "training")
-    clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step", "training")
+    clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step "
+                      "(and once before the first, as the paper's code)", "training")
     amp: bool = _f(False, "bf16 autocast where the device supports it (fp32 master weights)", "training")
     backend: str = _f("auto", "fast: fused Triton kernels and CUDA graphs; reference: plain PyTorch; "
                       "auto: fast on CUDA, reference elsewhere", "training",
@@ -125,6 +128,7 @@ class Config:
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
+        need(self.max_pixels >= 1, f"--max-pixels must be at least 1 (got {self.max_pixels})")
         need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
         for name in ("log_every", "sample_every", "ckpt_every"):
             v = getattr(self, name)

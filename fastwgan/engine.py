@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
-from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
+from fastwgan.steps import StepConfig, clip_weights_, critic_step, generator_step, make_optimizers
 
 
 class Engine:
@@ -52,6 +52,18 @@ class Engine:
             self.critic()
         self.generator()
 
+    def clip_critic_at_build(self, cfg: Config) -> None:
+        """Clip the critic into [-clip, clip] once, before its first gradient.
+
+        Algorithm 1 clips after each critic step; the paper's code clamps before each step, so its
+        first gradient is taken at clipped weights. Clipping once here as well gives the paper
+        code's critic sequence from fresh weights (the generator step then sees the clipped
+        critic, where the paper's code lets it see one unclipped step). A resumed critic is
+        already inside the box: a no-op.
+        """
+        if cfg.loss == "wgan":
+            clip_weights_(self.D.parameters(), cfg.clip)
+
     @property
     def data_position(self) -> int:
         """Batches drawn from the source (the resume point of an epoch-ordered stream)."""
@@ -68,6 +80,7 @@ class ReferenceEngine(Engine):
         opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
         step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, amp_dtype)
         super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d)
+        self.clip_critic_at_build(cfg)
 
     def describe(self) -> str:
         return "reference (plain PyTorch, eager)"

@@ -16,6 +16,11 @@ than 10k).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line (fastwgan.startup)
+    from fastwgan.startup import quiet_interrupt
+
+    quiet_interrupt()
+
 import argparse
 import json
 import os

@@ -97,6 +97,7 @@ class FastEngine(Engine):
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
         step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d)
+        self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"
         # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;
         # a stream of batches from the host is copied into this static buffer before each replay.

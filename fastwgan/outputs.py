@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastwgan.runfolder import atomic_write
+
 
 @contextlib.contextmanager
 def one_line_warnings(prefix: str):
@@ -65,11 +67,9 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     path = Path(path)
     fmt = grid_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     extra = {"quality": 95} if fmt == "JPEG" else {}
-    Image.fromarray(make_grid(images, nrow)).save(tmp, format=fmt, **extra)
-    os.replace(tmp, path)
-    return path
+    grid = Image.fromarray(make_grid(images, nrow))
+    return atomic_write(path, lambda tmp: grid.save(tmp, format=fmt, **extra))
 
 
 class MetricsLog:
@@ -81,15 +81,21 @@ class MetricsLog:
     def truncate_after(self, iteration: int) -> None:
         """Drop rows logged after ``iteration`` (a resumed run rewrites them)."""
         rows = [r for r in self.read() if r.get("iter", 0) <= iteration]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+
+        atomic_write(self.path, write)
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a failed write() names no file
+            e.filename = str(self.path)
+            raise
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -156,9 +162,7 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str 
     if title:
         axes[0, 0].set_title(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

@@ -2,19 +2,29 @@
 
     python -m fastwgan.sample runs/wgan                 # 64 images -> runs/wgan/grid.png
     python -m fastwgan.sample runs/wgan/checkpoint.pt --n 100 --out faces.png --seed 3
+    python -m fastwgan.sample runs/wgan --n 5000 --out faces.png   # faces_0000.png .. faces_0004.png
+
+More than 1024 images are drawn and written page by page, 1024 per grid file: memory stays that
+of one page, whatever --n.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line (fastwgan.startup)
+    from fastwgan.startup import quiet_interrupt
+
+    quiet_interrupt()
 
 import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
 from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
 from fastwgan.outputs import grid_format, save_grid
+from fastwgan.runfolder import is_write_failure, write_failure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +48,30 @@ def generate(G: torch.nn.Module, n: int, seed: int, device: torch.device, batch:
     return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
 
 
+PAGE = 1024  # images per grid file (a 32x32 grid)
+
+
+@torch.no_grad()
+def generate_pages(G: torch.nn.Module, n: int, seed: int, device: torch.device,
+                   page: Optional[int] = None, batch: int = 256) -> Iterator[torch.Tensor]:
+    """``generate``'s images, ``page`` (default ``PAGE``) at a time: only one page is held. The
+    noise is drawn page by page from one generator, so that up to a page the images are
+    ``generate``'s."""
+    page = page or PAGE
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, n, page):
+        z = torch.randn(min(page, n - start), G.nz, generator=g)
+        yield torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
+
+
+def page_paths(out: Path, n: int) -> list[Path]:
+    """``out`` for one page; ``NAME_0000.png``, ``NAME_0001.png``, ... beside it for more."""
+    pages = math.ceil(n / PAGE)
+    if pages == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i:04d}{out.suffix}") for i in range(pages)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -56,9 +90,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "grid.png"
-    nrow = args.nrow or math.ceil(math.sqrt(args.n))
-    save_grid(generate(G, args.n, args.seed, device), out, nrow=nrow)
-    print(f"wrote {args.n} samples ({cfg.image_size}x{cfg.image_size}) to {out}")
+    nrow = args.nrow or math.ceil(math.sqrt(min(args.n, PAGE)))
+    paths = page_paths(out, args.n)
+    try:
+        for path, images in zip(paths, generate_pages(G, args.n, args.seed, device)):
+            save_grid(images, path, nrow=nrow)
+    except OSError as e:
+        if not is_write_failure(e):
+            raise
+        print(f"error: {write_failure(e, out.parent)}", file=sys.stderr)
+        return 1
+    where = str(out) if len(paths) == 1 else f"{len(paths)} grids, {paths[0]} .. {paths[-1].name}"
+    print(f"wrote {args.n} samples ({cfg.image_size}x{cfg.image_size}) to {where}")
     return 0
 
 

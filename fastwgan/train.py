@@ -6,6 +6,11 @@ Losses stay on the device and are read at log points only.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line (fastwgan.startup)
+    from fastwgan.startup import quiet_interrupt
+
+    quiet_interrupt()
+
 import math
 import os
 import random
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from fastwgan import checkpoint as ckpt_io
+from fastwgan import runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
 from fastwgan.data.pillow import undecodable_warning
@@ -65,8 +71,12 @@ class RunLog:
         if self.file is None:
             self.pending.append(line)
             return
-        self.file.write(line + "\n")
-        self.file.flush()
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as e:  # a failed write() names no file
+            e.filename = self.file.name
+            raise
 
     def open(self, path: Path, append: bool) -> None:
         self.file = open(path, "a" if append else "w", encoding="utf-8")
@@ -77,7 +87,10 @@ class RunLog:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # what a full disk kept from the log (the error was shown)
+                pass
 
 
 def holds_run(out: str | Path) -> bool:
@@ -166,7 +179,7 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict],
             raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume {cfg.out}, "
                               "or pass another --out (or --overwrite to start it again)")
         return cfg, None, ignored_flags(args, cfg)
-    ckpt = ckpt_io.load(args.resume)
+    ckpt = ckpt_io.load(args.resume, resume=True)  # validated before anything is written
     source = ckpt_io.checkpoint_path(args.resume).parent
     saved = Config.from_dict(ckpt["config"])
     for name in ARCHITECTURE:
@@ -219,7 +232,19 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
 
     warnings.showwarning = show_and_keep
     try:
-        return _train(cfg, resume, run_log, notes)
+        with runfolder.RunLock(cfg.out):  # before any data is decoded; released when the run ends
+            runfolder.remove_orphans(cfg.out)
+            return _train(cfg, resume, run_log, notes)
+    except OSError as e:
+        if not runfolder.is_write_failure(e):
+            raise
+        message = (f"{runfolder.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
+                   "(if any) is kept")
+        try:
+            run_log.write(f"stopped: {message}")
+        except OSError:
+            pass
+        raise Stop(message, 1) from None
     except Stop as e:
         run_log.write(f"stopped: {e}")
         raise
@@ -247,7 +272,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     random.seed(cfg.seed)
 
     # --- data ---
-    dataset = open_dataset(cfg.data, log)
+    dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
             "To train on CelebA: --data /path/to/img_align_celeba --crop 108")
@@ -304,7 +329,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
 
     # --- outputs ---
-    (out / "config.json").write_text(cfg.to_json() + "\n")
+    runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     if not (out / "real_samples.png").exists():
         # (files that do not decode were reported above, or are warned about by the stream)
@@ -461,7 +486,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             return 0
         args = list(sys.argv[1:] if argv is None else argv)
         train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
-    except (ConfigError, DataError, ckpt_io.CheckpointError) as e:
+    except (ConfigError, DataError, ckpt_io.CheckpointError, runfolder.RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stop as e:

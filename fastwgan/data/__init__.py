@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from fastwgan.data.files import DataError, Scan, scan_images
+from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
 
@@ -45,9 +45,10 @@ class Dataset:
         return Scan(self.root, self.files, self.bad).warning()
 
 
-def open_dataset(data_dir: Optional[str], log=None) -> Dataset:
+def open_dataset(data_dir: Optional[str], log=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """The files under ``data_dir``, or the built-in synthetic faces when it is None (generated on
-    first use, about half a minute: ``log`` is told before)."""
+    first use, about half a minute: ``log`` is told before). Files whose header claims more than
+    ``max_pixels`` are left out (``bad``) before any backend decodes them."""
     if data_dir is None:
         from fastwgan.data.synthetic import ensure_synthetic_dataset, synthetic_dataset_ready
 
@@ -56,7 +57,7 @@ def open_dataset(data_dir: Optional[str], log=None) -> Dataset:
         root = ensure_synthetic_dataset(cache_root())
         scan = scan_images(root)
         return Dataset(root, scan.files, True, scan.bad)
-    scan = scan_images(data_dir)
+    scan = scan_images(data_dir, max_pixels)
     return Dataset(scan.root, scan.files, False, scan.bad)
 
 

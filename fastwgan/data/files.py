@@ -1,14 +1,18 @@
 """Finding and validating image files, and the Pillow decode that every loader is checked against.
 
 A training run must not die on the 150,000th file because it is truncated. ``scan_images`` checks
-every file cheaply before training (signature and end marker, Pillow for what is unclear) and
-leaves out the bad ones, which the caller reports in one warning.
+every file cheaply before training (signature, the image size its header claims, end marker;
+Pillow for what is unclear) and leaves out the bad ones, which the caller reports in one warning.
+Every backend decodes only files that passed this check: a small file whose header claims
+30000x30000 pixels (a decompression bomb) is left out before any decoder allocates for it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Optional
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -20,6 +24,9 @@ _JPEG_EOI = b"\xff\xd9"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"
 _TAIL = 64  # bytes read from the end of a file to find its end marker (encoders may pad after it)
+# The largest image (width x height) decoded, for every backend: Pillow's own default limit
+# (Image.MAX_IMAGE_PIXELS, about 89 M pixels: 1 GB of 24-bit pixels) unless --max-pixels says otherwise.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 class DataError(Exception):
@@ -43,34 +50,155 @@ class Scan:
                 f"under {self.root}: {shown}{more}")
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): not DHT (C4),
+# JPG (C8) or DAC (CC), which share the range
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM: no length field
+
+
+def header_size(f: BinaryIO) -> Optional[tuple[int, int]]:
+    """(width, height) as a JPEG's start-of-frame or a PNG's IHDR states it, read from the start
+    of a binary stream without decoding; None when the header does not say (or is not JPEG/PNG).
+
+    Reads only forward (``read``), so any readable stream works: an open file, ``io.BytesIO`` of a
+    file's first bytes, a member of a zip archive.
+    """
+    head = f.read(8)
+    if head == _PNG_SIG:
+        ihdr = f.read(16)  # length (4), b"IHDR", width (4), height (4), big-endian
+        if len(ihdr) < 16 or ihdr[4:8] != b"IHDR":
+            return None
+        return int.from_bytes(ihdr[8:12], "big"), int.from_bytes(ihdr[12:16], "big")
+    if not head.startswith(_JPEG_SOI):
+        return None
+    return _jpeg_frame_size(f, head[2:])
+
+
+def _jpeg_frame_size(f: BinaryIO, pending: bytes) -> Optional[tuple[int, int]]:
+    """The size in the first start-of-frame segment; ``pending``: bytes already read after SOI."""
+    def read(n: int) -> bytes:
+        nonlocal pending
+        out, pending = pending[:n], pending[n:]
+        return out + (f.read(n - len(out)) if len(out) < n else b"")
+
+    while True:
+        if read(1) != b"\xff":  # every segment starts with 0xFF
+            return None
+        marker = read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = read(1)
+        if not marker:
+            return None
+        m = marker[0]
+        if m in _JPEG_STANDALONE:
+            continue
+        if m in (0xD9, 0xDA):  # end of image, or scan data, before any frame header
+            return None
+        field = read(2)
+        length = int.from_bytes(field, "big") if len(field) == 2 else 0
+        if length < 2:
+            return None
+        if m in _JPEG_SOF:
+            frame = read(5)  # precision (1), height (2), width (2)
+            if len(frame) < 5:
+                return None
+            height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+            return (width, height) if height else None  # height 0: set later by a DNL marker
+        skip = length - 2
+        while skip > 0:  # read, not seek: works on any stream
+            chunk = read(min(skip, 1 << 16))
+            if not chunk:
+                return None
+            skip -= len(chunk)
+
+
+def _pillow_size(f: BinaryIO) -> Optional[tuple[int, int]]:
+    """The size Pillow reads from the header (``Image.open`` is lazy: nothing is decoded)."""
+    try:
+        with pixel_limit_screened(), Image.open(f) as im:
+            return im.size
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        return None
+
+
+def screen_size(f: BinaryIO, max_pixels: int) -> Optional[str]:
+    """None when the header at the stream's position states an image of at most ``max_pixels``
+    pixels (or states no size: the decode then decides), else the reason to leave it out.
+
+    A header this parser cannot follow is given to Pillow's header reader where the stream can
+    seek back."""
+    start = f.tell() if f.seekable() else None
+    size = header_size(f)
+    if size is None and start is not None:
+        f.seek(start)
+        size = _pillow_size(f)
+    if size is None:
+        return None
+    w, h = size
+    if w * h > max_pixels:
+        return (f"too large: its header claims {w}x{h} = {w * h:,} pixels, over the limit of "
+                f"{max_pixels:,} (--max-pixels)")
+    return None
+
+
 def default_workers() -> int:
     """Decoding processes: one per core this process may run on, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     return max(1, min(8, cores))
 
 
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)  # follows links: the real file or folder
+    return st.st_dev, st.st_ino
+
+
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """Every .jpg/.jpeg/.png below ``root`` (any case, nested folders), in a stable sorted order."""
+    """Every .jpg/.jpeg/.png below ``root`` (any case, nested folders), in a stable sorted order.
+
+    Symbolic links are followed (datasets are often linked in), but each real folder is visited
+    once and each real file listed once, under its first path in sorted order: a link to a parent
+    folder (``ln -s . a``) neither multiplies the dataset nor loops forever.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"--data must be a folder of images, got a file: {root}")
-    out = []
+    found = []
+    visited = {_identity(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        kept = []
+        for name in sorted(dirnames):
+            try:
+                key = _identity(os.path.join(dirpath, name))
+            except OSError:  # a dangling link
+                continue
+            if key not in visited:
+                visited.add(key)
+                kept.append(name)
+        dirnames[:] = kept
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                out.append(Path(dirpath) / name)
-    out.sort()
+                found.append(Path(dirpath) / name)
+    found.sort()
+    out, seen = [], set()
+    for p in found:
+        try:
+            key = _identity(p)
+        except OSError:  # a dangling link: check_file reports it
+            key = None
+        if key is None or key not in seen:
+            seen.add(key)
+            out.append(p)
     return out
 
 
-def check_file(path: Path) -> str | None:
-    """None when ``path`` looks like a complete JPEG or PNG, else the reason it is not.
+def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """None when ``path`` looks like a complete JPEG or PNG of at most ``max_pixels``, else the
+    reason it is not.
 
-    Cheap first (the first and last bytes); only a file whose end marker is not where expected is
-    decoded with Pillow to decide.
+    Cheap first (the header and the last bytes); only a file whose end marker is not where
+    expected is decoded with Pillow to decide.
     """
     try:
         size = path.stat().st_size
@@ -78,10 +206,16 @@ def check_file(path: Path) -> str | None:
             return "empty file"
         with open(path, "rb") as f:
             head = f.read(16)
+            f.seek(0)
+            too_large = screen_size(f, max_pixels)
             f.seek(max(0, size - _TAIL))
             tail = f.read()
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
+    if not head.startswith((_JPEG_SOI, _PNG_SIG)):
+        return "not a JPEG or PNG"
+    if too_large is not None:
+        return too_large
     if head.startswith(_JPEG_SOI):
         if _JPEG_EOI in tail:
             return None
@@ -92,14 +226,14 @@ def check_file(path: Path) -> str | None:
         return "not a JPEG or PNG"
     # Signature fine, end marker missing: truncated, or trailing bytes after the marker.
     try:
-        with Image.open(path) as im:
+        with pixel_limit_screened(), Image.open(path) as im:
             im.load()
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         return f"cannot decode: {e}"
     return None
 
 
-def scan_images(root: str | os.PathLike) -> Scan:
+def scan_images(root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     """List and validate the images under ``root``; raise DataError when none is usable."""
     root = Path(root)
     candidates = list_images(root)
@@ -107,7 +241,7 @@ def scan_images(root: str | os.PathLike) -> Scan:
         raise DataError(f"no .jpg, .jpeg or .png files found under {root}")
     files, bad = [], []
     for p in candidates:
-        why = check_file(p)
+        why = check_file(p, max_pixels)
         if why is None:
             files.append(p)
         else:
@@ -152,10 +286,24 @@ def center_crop_resize(im: Image.Image, image_size: int, crop: int | None) -> Im
     return im
 
 
+@contextlib.contextmanager
+def pixel_limit_screened():
+    """Pillow's own size check off while a file that passed ``check_file`` is decoded: the scan
+    applied the run's one limit (``--max-pixels``) to the header already, for Pillow and DALI
+    alike, and Pillow's default would otherwise refuse what a larger --max-pixels allows."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(path: str | os.PathLike, image_size: int, crop: int | None) -> np.ndarray:
-    """Decode one file to a (H, W, 3) uint8 array with the training preprocessing."""
+    """Decode one file (one that passed ``check_file``) to a (H, W, 3) uint8 array with the
+    training preprocessing."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
+    with pixel_limit_screened(), Image.open(path) as im:
         im = _to_rgb(im)
         im = center_crop_resize(im, image_size, crop)
         return np.asarray(im, dtype=np.uint8).copy()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastwgan.data.files import DataError, default_workers, load_image
+from fastwgan.runfolder import atomic_write
 
 CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
 
@@ -251,10 +251,8 @@ def read_failed(npy: Path) -> list[tuple[str, str]] | None:
 
 
 def write_failed(npy: Path, failed: Sequence[tuple[str, str]]) -> None:
-    path = _failed_path(npy)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([list(x) for x in failed]))
-    os.replace(tmp, path)
+    text = json.dumps([list(x) for x in failed])
+    atomic_write(_failed_path(npy), lambda tmp: tmp.write_text(text), sync=False)
 
 
 def read_cache(path: Path, shape: tuple[int, ...], mmap: bool = False,
@@ -277,10 +275,12 @@ def write_cache(path: Path, arr: np.ndarray, bad: Sequence[tuple[str, str]]) -> 
     """The decoded images and their list of files that did not decode, each written atomically;
     the list first, so that a cache file is never found without it."""
     write_failed(path, bad)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to a name
+            np.save(f, arr)
+
+    atomic_write(path, write, sync=False)  # (a full disk: no partial cache left behind)
 
 
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
