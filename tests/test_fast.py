@@ -4,8 +4,6 @@ On CPU the fast engine runs eagerly, with the plain-PyTorch twins (and, at tiny 
 Triton kernels under the interpreter). GPU-marked tests check graph replay against eager steps
 and the compiled kernels against the reference.
 """
-import copy
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,37 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastwgan.config import Config
 from fastwgan.engine import ReferenceEngine
 from fastwgan.fast import FastEngine
-from fastwgan.models import Critic, Generator
-
-
-class FixedBatches:
-    """The same list of batches for both engines: an iterator for the reference, ``sample()``
-    for the fast engine."""
-
-    def __init__(self, batches):
-        self.batches, self.i, self.position = batches, 0, 0
-
-    def sample(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def __next__(self):
-        self.position += 1
-        return self.sample()
-
-
-def pair(cfg, device="cpu", seed=0):
-    torch.manual_seed(seed)
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf).to(device)
-    return (G, D), (copy.deepcopy(G), copy.deepcopy(D))
-
-
-def batches(cfg, n, device="cpu"):
-    g = torch.Generator().manual_seed(123)
-    return [(torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1).to(device)
-            for _ in range(n)]
+from fastwgan.parity import FixedBatches, assert_same_state
+from fastwgan.parity import engine_pair as pair
+from fastwgan.parity import fixed_batches as batches
 
 
 def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
@@ -58,15 +28,6 @@ def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
         torch.manual_seed(1000 + it)
         fast.iteration(n)
     return ref, fast
-
-
-def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, **tol):
-    sb = b.state_dict()
-    for k, v in a.state_dict().items():
-        if v.is_floating_point():
-            torch.testing.assert_close(sb[k], v, msg=lambda m: f"{k}: {m}", **tol)
-        else:
-            assert torch.equal(sb[k], v), k
 
 
 TINY = dict(image_size=32, nz=8, ngf=8, ndf=8, batch_size=4, n_critic=2, n_critic_warmup=3, lr=1e-3)
