@@ -37,6 +37,7 @@ setup(
             "fastwgan-train=fastwgan.train:main",
             "fastwgan-sample=fastwgan.sample:main",
             "fastwgan-eval=fastwgan.eval:main",
+            "fastwgan-check=fastwgan.check:main",
         ]
     },
 )
