@@ -556,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None, echo=print) -> int:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv=None, echo=_print) -> int:
     args = build_parser().parse_args(argv)
     if args.json:
         folder = Path(args.json).resolve().parent
@@ -570,11 +574,24 @@ def main(argv=None, echo=print) -> int:
     echo(f"fastwgan self-check on {device_label(device)}")
     for k, v in env.items():
         echo(f"  {k}: {v}")
-    results = []
+    results: list[Result] = []
+    rows: list[dict] = []
+
+    def report(summary: str = "running", code: Optional[int] = None) -> None:
+        # rewritten after every check: a run cut short by a time limit keeps what it found
+        if args.json:
+            from fastwgan import __version__
+
+            Path(args.json).write_text(json.dumps({
+                "fastwgan": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"), "device": device_label(device), "environment": env,
+                "results": [asdict(r) for r in results], "bench": rows, "summary": summary,
+                "exit_code": code}, indent=2) + "\n")
+
     for name, fn in all_checks(device, args.full):
         results.append(run_check(name, fn))
         echo(format_result(results[-1]))
-    rows = []
+        report()
     if args.bench:
         r = run_check("speed table", lambda: rows.extend(bench(device)))
         results.append(r)
@@ -588,14 +605,7 @@ def main(argv=None, echo=print) -> int:
     if device.type != "cuda":
         summary += f" ({NO_GPU}: the GPU checks were skipped)"
     echo(summary)
-    if args.json:
-        from fastwgan import __version__
-
-        Path(args.json).write_text(json.dumps({
-            "fastwgan": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"), "device": device_label(device), "environment": env,
-            "results": [asdict(r) for r in results], "bench": rows, "summary": summary,
-            "exit_code": code}, indent=2) + "\n")
+    report(summary, code)
     return code
 
 
