@@ -194,3 +194,21 @@ def test_explicit_fast_backend_stops_with_the_checks_message(tmp_path, monkeypat
     assert err[0].endswith("Run python -m fastwgan.check for the details, or train with --backend reference")
     assert "stopped: --backend fast: the fused BatchNorm" in (out / "train.log").read_text()
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_dali_that_does_not_fit_the_driver_is_a_skip_with_the_reason(monkeypatch):
+    from fastwgan.data import dali
+
+    if not dali.dali_available():
+        assert check.dali_fits() == (False, "NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(check, "dali_cuda_major", lambda: 13)
+    monkeypatch.setattr(check, "cuda_driver_version", lambda: (12, 8))
+    usable, why = check.dali_fits()
+    assert not usable and why.endswith("is built for CUDA 13, the driver supports CUDA 12.8: "
+                                       "install nvidia-dali-cuda120")
+    r = check.run_check("DALI decode vs Pillow", lambda: check.check_dali(torch.device("cuda")))
+    assert r.status == "SKIP" and r.detail == why
+    monkeypatch.setattr(check, "cuda_driver_version", lambda: (13, 0))
+    assert check.dali_fits()[0]
