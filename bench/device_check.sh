@@ -2,26 +2,32 @@
 # The first call on a lent GPU machine. The lease is 15 minutes of device time in all, of which the
 # machine's start takes 2-3, so the work is in two stages, each one device call:
 #
-#   bash bench/device_check.sh      # stage 1: step limits add up to 6.9 minutes (+ install, summary)
-#   bash bench/device_check.sh 2    # stage 2, optional, if time is left: the compile-heavy rows
+#   bash bench/device_check.sh      # stage 1: step limits add up to 7.3 minutes (+ install, summary)
+#   bash bench/device_check.sh 2    # stage 2, optional: 3.8 minutes, the compile-heavy rows; it fits
+#                                   # the same lease only when stage 1 ended early (its steps.txt
+#                                   # says), else it is a later session's first call
 #
 # Stage 1, in this order; a step that runs over its limit is cut and the next one runs:
 #   smoke          60 s  python -m fastwgan.check: environment, each kernel against its twin at the
 #                        trainer's shapes, graph replay against eager, fast against reference. The
 #                        script STOPS here (exit 3) if fastwgan or its kernels do not import or a
 #                        kernel fails to launch or disagrees with its twin: a broken environment
-#                        costs a minute, not the lease.
-#   gpu-tests     100 s  pytest -m "gpu and not slow"; the BatchNorm kernel matrix is the trainer's
+#                        costs a minute, not the lease. (A cut at 60 s, with kernels compiling,
+#                        loses only the later lines; the GPU tests repeat those checks.)
+#   data           40 s  the built-in synthetic faces, generated once (4,000 JPEGs, 16 cores) for
+#                        the training and data benchmarks, which would otherwise wait for them
+#   gpu-tests      90 s  pytest -m "gpu and not slow"; the BatchNorm kernel matrix is the trainer's
 #                        launches (FASTWGAN_GPU_MATRIX=full: all of it, stage 2)
 #   bench-optim    40 s  RMSprop + clip: eager rows, and in CUDA graphs beside the copy bandwidth
 #   bench-bn-act   60 s  BatchNorm + activation, bf16: eager and Triton rows, and the same in CUDA
 #                        graphs beside the copy bandwidth (no torch.compile rows: stage 2)
-#   bench-train    75 s  end to end, every engine but torch.compile
+#   bench-train    70 s  end to end, every engine but torch.compile
 #   profile-fast   35 s  one iteration of the fast engine (graphs, bf16), kernel by kernel
 #   profile-ref    25 s  the same for the eager fp32 reference, in a process of its own
 #   bench-data     20 s  the loaders and the resident sampler
-# Stage 2: bench-compile 150 s (the reference under torch.compile max-autotune), bench-bn-act-compile
-#   90 s (Inductor's fused BatchNorm rows), gpu-tests-full 150 s (the whole kernel matrix).
+# Stage 2: bench-compile 120 s (the reference under torch.compile max-autotune), bench-bn-act-compile
+#   50 s (Inductor's fused BatchNorm rows), gpu-tests-full 60 s (the whole kernel matrix; the
+#   kernels compiled in stage 1 come from the Triton cache).
 # The training-parity check (2,000 iterations per backend) needs a call of its own, a few minutes:
 #   python -m pytest -m "gpu and slow" tests/test_training_parity.py -s
 #
@@ -114,18 +120,19 @@ if [ "$STAGE" = 1 ]; then
     tar -czf "$OUT/detail.tar.gz" -C "$DETAIL" .
     exit 3
   fi
-  step gpu-tests 100 python -m pytest -m "gpu and not slow" tests/ -q -rfE -p no:cacheprovider $XDIST
+  step data 40 python -c "from fastwgan.data import open_dataset; print(len(open_dataset(None).files), 'images')"
+  step gpu-tests 90 python -m pytest -m "gpu and not slow" tests/ -q -rfE -p no:cacheprovider $XDIST
   bench bench-optim 40 bench/test_bench_optim.py -k "not compile"
   FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act 60 bench/test_bench_bn_act.py -k "not compile"
-  bench bench-train 75 bench/test_bench_train.py -k "not compiled"
+  bench bench-train 70 bench/test_bench_train.py -k "not compiled"
   step profile-fast 35 python bench/profile_step.py --engine fast-graphs --amp --out "$OUT/profile.md"
   step profile-ref 25 python bench/profile_step.py --engine reference --out "$OUT/profile.md"
   bench bench-data 20 bench/test_bench_data.py
 else
   # Inductor's max-autotune compiles and times many kernel choices per convolution
-  bench bench-compile 150 bench/test_bench_train.py -k compiled
-  FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act-compile 90 bench/test_bench_bn_act.py -k compile
-  FASTWGAN_GPU_MATRIX=full step gpu-tests-full 150 python -m pytest -m "gpu and not slow" \
+  bench bench-compile 120 bench/test_bench_train.py -k compiled
+  FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act-compile 50 bench/test_bench_bn_act.py -k compile
+  FASTWGAN_GPU_MATRIX=full step gpu-tests-full 60 python -m pytest -m "gpu and not slow" \
     tests/test_bn_act.py -q -rfE -p no:cacheprovider $XDIST
 fi
 
