@@ -81,7 +81,10 @@ def profile_engine(device: torch.device, engine: str, amp: bool, iterations: int
     return "\n".join(lines) + "\n"
 
 
-ENGINES = {"cuda": [("fast-graphs", True), ("reference", False)], "cpu": [("fast", False), ("reference", False)]}
+ENGINES = {  # device type -> (engine, bf16) profiled, each in its own process
+    "cuda": [("fast-graphs", True), ("reference", False)],
+    "cpu": [("fast", False), ("reference", False)],
+}
 
 
 def init_profiler_for_graphs() -> None:
@@ -106,8 +109,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else None
     if args.engine is None:
-        title = (f"# Profile of one training iteration on "
-                 f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} (torch {torch.__version__})\n")
+        name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        title = f"# Profile of one training iteration on {name} (torch {torch.__version__})\n"
         print(title)
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)

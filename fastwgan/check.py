@@ -69,20 +69,23 @@ def run_check(name: str, fn: Callable[[], Optional[str]]) -> Result:
     t0 = time.perf_counter()
     try:
         note = fn()
+        if torch.cuda.is_initialized():  # the device work counts in the time, its errors here
+            torch.cuda.synchronize()
         status, detail = PASS, note or ""
     except Skip as e:
         status, detail = SKIP, str(e)
     except Exception as e:  # noqa: BLE001 - a check that breaks is a failed check, reported
         status, detail = FAIL, one_line(e)
-    if torch.cuda.is_initialized():  # the check's device work counts in its time
-        torch.cuda.synchronize()
     return Result(name, status, round(time.perf_counter() - t0, 3), detail)
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}" if not isinstance(e, AssertionError) \
-        else (" ".join(line.strip() for line in text) or "assertion failed")
+    """An assertion's whole message on one line (assert_close puts the numbers on later lines);
+    any other error's type and first line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if isinstance(e, AssertionError):
+        return " ".join(lines) or "assertion failed"
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 # --- environment ---------------------------------------------------------------------------------
@@ -460,7 +463,8 @@ def bench(device: torch.device, seconds_per_row: float = 7.0) -> list[dict]:
                 sync()
                 iters += 5
             dt = (time.perf_counter() - t0) / iters
-        out.append({"engine": f"{eng.describe()}, {'bf16' if dtype else 'fp32'}", "ms_per_iteration": dt * 1e3,
+        out.append({"engine": f"{eng.describe()}, {'bf16' if dtype else 'fp32'}",
+                    "ms_per_iteration": dt * 1e3,
                     "gen_iters_per_s": 1 / dt, "img_per_s": cfg.n_critic * cfg.batch_size / dt})
     base = out[0]["ms_per_iteration"]
     for row in out:

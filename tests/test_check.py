@@ -128,7 +128,8 @@ def guard_on_cpu(monkeypatch):
     """The start-of-run check applies on CUDA only; here it runs on the CPU (the kernels under the
     interpreter, tiny shapes), and --backend auto picks the fast engine as it does on CUDA."""
     monkeypatch.setattr(check, "guard_applies", lambda device: True)
-    monkeypatch.setattr(train, "resolve_backend", lambda cfg, device: cfg.backend if cfg.backend != "auto" else "fast")
+    monkeypatch.setattr(train, "resolve_backend",
+                        lambda cfg, device: "fast" if cfg.backend == "auto" else cfg.backend)
 
 
 def test_guard_passes_healthy_kernels(guard_on_cpu):
