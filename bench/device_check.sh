@@ -14,8 +14,8 @@
 #                        kernel fails to launch or disagrees with its twin: a broken environment
 #                        costs a minute, not the lease. (A cut at 60 s, with kernels compiling,
 #                        loses only the later lines; the GPU tests repeat those checks.)
-#   data           40 s  the built-in synthetic faces, generated once (4,000 JPEGs, 16 cores) for
-#                        the training and data benchmarks, which would otherwise wait for them
+#   data           40 s  the built-in synthetic faces, generated once (4,000 JPEGs, 16 cores) and
+#                        decoded into the cache, for the benchmarks that would otherwise wait for it
 #   gpu-tests      90 s  pytest -m "gpu and not slow"; the BatchNorm kernel matrix is the trainer's
 #                        launches (FASTWGAN_GPU_MATRIX=full: all of it, stage 2)
 #   bench-optim    40 s  RMSprop + clip: eager rows, and in CUDA graphs beside the copy bandwidth
@@ -93,7 +93,8 @@ summarize() {  # the table so far, from the rows written as each finished
 
 bench() {  # name, limit, pytest arguments...
   local name=$1 limit=$2; shift 2
-  step "$name" "$limit" python -m pytest -p no:cacheprovider --benchmark-only -q "$@"
+  # -v: each row's line in the log as it finishes
+  step "$name" "$limit" python -m pytest -p no:cacheprovider --benchmark-only -v "$@"
   summarize
 }
 
@@ -120,7 +121,15 @@ if [ "$STAGE" = 1 ]; then
     tar -czf "$OUT/detail.tar.gz" -C "$DETAIL" .
     exit 3
   fi
-  step data 40 python -c "from fastwgan.data import open_dataset; print(len(open_dataset(None).files), 'images')"
+  step data 40 python - <<'EOF'
+import torch
+from fastwgan.data import Batches, open_dataset
+# generated, then decoded into the cache as bench/test_bench_train.py reads them (64x64 on a GPU)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+size = 64 if device.type == "cuda" else 32
+batches = Batches(open_dataset(None), size, 108, 64, seed=0, device=device, mode="resident")
+print(f"{len(batches.data)} images at {size}x{size}: {batches.describe()}")
+EOF
   step gpu-tests 90 python -m pytest -m "gpu and not slow" tests/ -q -rfE -p no:cacheprovider $XDIST
   bench bench-optim 40 bench/test_bench_optim.py -k "not compile"
   FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act 60 bench/test_bench_bn_act.py -k "not compile"
