@@ -2,7 +2,7 @@
 # The first call on a lent GPU machine. The lease is 15 minutes of device time in all, of which the
 # machine's start takes 2-3, so the work is in two stages, each one device call:
 #
-#   bash bench/device_check.sh      # stage 1: step limits add up to 7.3 minutes (+ install, summary)
+#   bash bench/device_check.sh      # stage 1: step limits add up to 7.5 minutes (+ install, summary)
 #   bash bench/device_check.sh 2    # stage 2, optional: 3.8 minutes, the compile-heavy rows; it fits
 #                                   # the same lease only when stage 1 ended early (its steps.txt
 #                                   # says), else it is a later session's first call
@@ -24,7 +24,7 @@
 #   bench-train    70 s  end to end, every engine but torch.compile
 #   profile-fast   35 s  one iteration of the fast engine (graphs, bf16), kernel by kernel
 #   profile-ref    25 s  the same for the eager fp32 reference, in a process of its own
-#   bench-data     20 s  the loaders and the resident sampler
+#   bench-data     30 s  the loaders and the resident sampler
 # Stage 2: bench-compile 120 s (the reference under torch.compile max-autotune), bench-bn-act-compile
 #   50 s (Inductor's fused BatchNorm rows), gpu-tests-full 60 s (the whole kernel matrix; the
 #   kernels compiled in stage 1 come from the Triton cache).
@@ -82,7 +82,8 @@ step() {  # name, limit (s), command...: runs it, records its exit status, time 
   local rc=$?
   local how="exit $rc"
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && how="cut at its limit of $limit s"
-  echo "$name: $how in $((SECONDS - t0)) s ($(tail -n 1 "$DETAIL/$name.log"))" | tee -a "$OUT/steps.txt"
+  echo "$name: $how in $((SECONDS - t0)) s ($(grep -v '^[[:space:]]*$' "$DETAIL/$name.log" | tail -n 1))" \
+    | tee -a "$OUT/steps.txt"
   return $rc
 }
 
@@ -136,7 +137,7 @@ EOF
   bench bench-train 70 bench/test_bench_train.py -k "not compiled"
   step profile-fast 35 python bench/profile_step.py --engine fast-graphs --amp --out "$OUT/profile.md"
   step profile-ref 25 python bench/profile_step.py --engine reference --out "$OUT/profile.md"
-  bench bench-data 20 bench/test_bench_data.py
+  bench bench-data 30 bench/test_bench_data.py
 else
   # Inductor's max-autotune compiles and times many kernel choices per convolution
   bench bench-compile 120 bench/test_bench_train.py -k compiled
