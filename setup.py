@@ -37,6 +37,7 @@ setup(
             "fastwgan-train=fastwgan.startup:train",
             "fastwgan-sample=fastwgan.startup:sample",
             "fastwgan-eval=fastwgan.startup:evaluate",
+            "fastwgan-check=fastwgan.startup:check",
         ]
     },
 )

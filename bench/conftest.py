@@ -3,7 +3,17 @@
 Benchmarks are not tests: they assert nothing about time. Each one reports a derived unit (img/s,
 GB/s) in ``extra_info`` with the device name, and ratios are only taken between rows measured in
 the same run on the same device.
+
+With ``FASTWGAN_BENCH_ROWS=FILE`` every row is appended to FILE (one JSON object per line, the
+fields of pytest-benchmark's JSON) as soon as it finishes: a run cut short by a time limit keeps
+the rows it measured (``--benchmark-json`` is written only at the end). bench/summarize.py reads
+both.
 """
+import json
+import os
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +41,37 @@ def synced(fn, device: torch.device):
 def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
+
+def timed_in_graph(fn, rep_ms: float = 20.0) -> float:
+    """Median seconds per call of ``fn`` replayed from a CUDA graph of many unrolled calls
+    (``triton.testing.do_bench_cudagraph``: warm-up on a side stream, then the graph timed with
+    CUDA events): the device's time, without per-call host overhead or synchronisation."""
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e-3
+
+
+def copy_seconds(nbytes: int, device: torch.device) -> float:
+    """Seconds per ``copy_`` that moves ``nbytes`` (reads nbytes / 2, writes nbytes / 2), timed as
+    ``timed_in_graph``: the device's copy bandwidth at that size, measured in the same run."""
+    n = max(nbytes // 2 // 4, 1)
+    src = torch.randn(n, device=device)  # random data: zeros can run faster (METHOD.md)
+    dst = torch.empty_like(src)
+    return timed_in_graph(lambda: dst.copy_(src))
+
+
+@pytest.fixture(autouse=True)
+def _write_row_when_done(request):
+    yield
+    path = os.environ.get("FASTWGAN_BENCH_ROWS")
+    bm = request.node.funcargs.get("benchmark")
+    stats = getattr(bm, "stats", None)
+    if not path or stats is None:
+        return
+    row = {"name": request.node.name, "group": bm.group,
+           "file": Path(str(request.node.fspath)).stem.replace("test_bench_", ""),
+           "stats": {"mean": stats.stats.mean, "median": stats.stats.median, "rounds": stats.stats.rounds},
+           "extra_info": bm.extra_info, "finished": time.strftime("%H:%M:%S")}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")

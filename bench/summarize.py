@@ -1,6 +1,10 @@
 """Turn pytest-benchmark JSON files into one markdown table (printed, and written with --out).
 
     python bench/summarize.py bench-out/*.json --out bench-out/summary.md
+    python bench/summarize.py bench-out/rows.jsonl --out bench-out/summary.md
+
+A ``.jsonl`` file holds one row per line, as bench/conftest.py appends them while the benchmarks
+run (``FASTWGAN_BENCH_ROWS``); its rows are labelled with the benchmark file they came from.
 
 Each row: the benchmark, its group, mean time, and the derived units its extra_info carries
 (img/s, GB/s, speed-up against the baseline of the same run, the paper recipe's projected time).
@@ -16,6 +20,8 @@ COLUMNS = [  # (extra_info key, column title, format)
     ("gen_iters_per_s", "gen it/s", "{:,.1f}"),
     ("gb_per_s", "GB/s", "{:,.1f}"),
     ("gbps", "GB/s", "{:,.1f}"),
+    ("copy_gbps", "copy GB/s (same bytes)", "{:,.1f}"),
+    ("of_copy", "of copy", "{:.0%}"),
     ("us_per_step", "us/step", "{:,.1f}"),
     ("us", "us", "{:,.1f}"),
     ("tflops", "TFLOP/s", "{:,.2f}"),
@@ -27,6 +33,14 @@ COLUMNS = [  # (extra_info key, column title, format)
 
 def rows(paths):
     for path in paths:
+        if str(path).endswith(".jsonl"):
+            for line in Path(path).read_text().splitlines():
+                try:
+                    b = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short
+                yield b.get("file", Path(path).stem), "", b
+            continue
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError):
@@ -54,6 +68,8 @@ def table(paths) -> str:
                 cells[title] = fmt.format(v)
         mean = b["stats"]["mean"]
         mean_s = f"{mean * 1e3:.3f} ms" if mean >= 1e-3 else f"{mean * 1e6:.1f} us"
+        if info.get("timing"):  # timed by the row itself (e.g. replays of a CUDA graph): per call
+            mean_s = f"{info['us']:,.1f} us ({info['timing']})"
         lines.append(f"| {stem} | {b['name']} | {mean_s} | " + " | ".join(cells.get(t, "") for t in titles) + " |")
     head = f"device: {device}\n\n" if device else ""
     return head + "\n".join(lines) + "\n"

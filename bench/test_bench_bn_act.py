@@ -14,6 +14,13 @@ On CPU only the eager rows of one small block run (a smoke run that keeps the fi
 Triton rows would time the interpreter and the compile rows would time Inductor's C++ backend,
 neither of which says anything about the GPU.
 
+``test_bench_bn_act_graph`` times the Triton and eager rows again inside CUDA graphs
+(``triton.testing.do_bench_cudagraph``: many calls unrolled in one graph, timed with CUDA events),
+so that neither the host's launch overhead nor a synchronisation per call is in the number, and
+sets beside each the device's copy bandwidth at the same byte count (a ``copy_`` moving the same
+bytes, timed the same way in the same test): ``of_copy`` is the fraction of that ceiling reached.
+Batch 64 only. These rows skip on a CPU (no CUDA graphs).
+
     pytest bench/test_bench_bn_act.py --benchmark-only [--benchmark-json out.json]
     FASTWGAN_BENCH_DTYPES=bfloat16 pytest bench/...   # one dtype (default: bfloat16,float32)
 """
@@ -25,7 +32,7 @@ import os
 import pytest
 import torch
 
-from conftest import device_name, synced
+from conftest import copy_seconds, device_name, synced, timed_in_graph
 from fastwgan.kernels import bn_act, bn_act_ref
 
 BLOCKS = [  # (net, H = W, C, act): every BatchNorm block of the 64x64 DCGAN, ngf = ndf = 64
@@ -122,3 +129,49 @@ def test_bench_bn_act(benchmark, bench_device, block, batch, dtype, mode, provid
         device=device_name(bench_device), torch=torch.__version__,
         date=datetime.date.today().isoformat())
     assert seconds > 0
+
+
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}-{b[1]}x{b[1]}x{b[2]}")
+def test_bench_bn_act_graph(benchmark, bench_device, block, dtype, mode, provider):
+    if bench_device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device: the in-graph rows run on a GPU only")
+    net, hw, C, act = block
+    batch = 64
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, C, hw, hw)
+    x = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
+        memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
+        memory_format=torch.channels_last)
+    w = torch.ones(C, device=bench_device, requires_grad=True)
+    b = torch.zeros(C, device=bench_device, requires_grad=True)
+    rm = torch.zeros(C, device=bench_device)
+    rv = torch.ones(C, device=bench_device)
+    fn = _provider_fn(provider, act)
+    xg = x.detach().requires_grad_()
+
+    def step():
+        if mode == "fwd":
+            with torch.no_grad():
+                return fn(x, w, b, rm, rv)
+        return torch.autograd.grad(fn(xg, w, b, rm, rv), (xg, w, b), dy)
+
+    nbytes = PASSES[mode] * x.numel() * x.element_size()
+    seconds = {}
+    # the measurement itself is the benchmark's one round: the number is the graph's per-call time
+    benchmark.pedantic(lambda: seconds.update(kernel=timed_in_graph(step),
+                                              copy=copy_seconds(nbytes, bench_device)),
+                       rounds=1, iterations=1)
+    benchmark.group = f"bn_act graph {net} {hw}x{hw}x{C} b{batch} {str(dtype).split('.')[-1]} {mode}"
+    gbps, copy_gbps = nbytes / seconds["kernel"] / 1e9, nbytes / seconds["copy"] / 1e9
+    benchmark.extra_info.update(
+        kernel="bn_act", provider=f"{provider}-graph", mode=mode, net=net, act=act,
+        shape=list(shape), dtype=str(dtype).split(".")[-1], layout="channels_last",
+        timing="cuda graph", us=round(seconds["kernel"] * 1e6, 2), gbps=round(gbps, 1),
+        copy_gbps=round(copy_gbps, 1), of_copy=round(gbps / copy_gbps, 3),
+        device=device_name(bench_device), torch=torch.__version__,
+        date=datetime.date.today().isoformat())
+    assert seconds["kernel"] > 0

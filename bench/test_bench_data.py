@@ -84,6 +84,11 @@ def test_dali_stream_mixed(benchmark, bench_device, celeba_like):
     need_dali()
     if bench_device.type != "cuda":
         pytest.skip("DALI mixed decoding (nvJPEG) needs a CUDA device")
+    from fastwgan.check import dali_fits
+
+    usable, why = dali_fits()
+    if not usable:
+        pytest.skip(why)  # a DALI build for a newer CUDA than the driver's
     s = sizes(bench_device)
     threads = default_workers()
     run_stream(benchmark,

@@ -15,11 +15,16 @@ and the Triton, torch.compile and graph rows are skipped with the reason.
 Each round runs STEPS steps and then synchronises once, so a row's time per step includes the
 host work of eager steps but not one synchronisation per step. extra_info holds the time per
 step (us), the bandwidth at 20 bytes per parameter (read p, g, v; write p, v) and the device.
+
+``test_bench_rmsprop_clip_graph`` times the capturable torch step and the fused kernel inside
+CUDA graphs (``triton.testing.do_bench_cudagraph``: the device's time per step, no launch
+overhead), beside the device's copy bandwidth at the same byte count measured in the same test
+(``copy_gbps``; ``of_copy`` the fraction of it reached). GPU only.
 """
 import pytest
 import torch
 
-from conftest import device_name, synced
+from conftest import copy_seconds, device_name, synced, timed_in_graph
 from fastwgan.models import Critic
 from fastwgan.optim import RMSpropClip
 
@@ -117,3 +122,30 @@ def test_bench_rmsprop_clip_step(benchmark, bench_device, provider, size):
         benchmark.extra_info.update(us_per_step=round(us, 2),
                                     gb_per_s=round(BYTES_PER_PARAM * n_params / (us * 1e-6) / 1e9, 1))
     assert max(p.detach().abs().max().item() for p in params) <= CLIP  # the rows did clip
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("provider", ["torch-foreach", "fastwgan-triton"])
+def test_bench_rmsprop_clip_graph(benchmark, bench_device, provider, size):
+    if bench_device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device: the in-graph rows run on a GPU only")
+    shapes = _shapes(bench_device, SIZES[size])
+    params = _params(shapes, bench_device)
+    n_params = sum(p.numel() for p in params)
+    if provider == "torch-foreach":
+        step = _torch_step(params, capturable=True)
+    else:
+        step = RMSpropClip(params, lr=LR, clip=CLIP, impl="triton").step
+    nbytes = BYTES_PER_PARAM * n_params
+    seconds = {}
+    # the measurement itself is the benchmark's one round: the number is the graph's per-step time
+    benchmark.pedantic(lambda: seconds.update(step=timed_in_graph(step),
+                                              copy=copy_seconds(nbytes, bench_device)),
+                       rounds=1, iterations=1)
+    gbps, copy_gbps = nbytes / seconds["step"] / 1e9, nbytes / seconds["copy"] / 1e9
+    benchmark.extra_info.update(provider=f"{provider}-graph", size=size, n_params=n_params,
+                                device=device_name(bench_device), timing="cuda graph",
+                                us=round(seconds["step"] * 1e6, 2), us_per_step=round(seconds["step"] * 1e6, 2),
+                                gb_per_s=round(gbps, 1), copy_gbps=round(copy_gbps, 1),
+                                of_copy=round(gbps / copy_gbps, 3))
+    assert max(p.detach().abs().max().item() for p in params) <= CLIP  # the steps did clip

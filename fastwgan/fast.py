@@ -57,12 +57,39 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
 CAPTURE_ERROR_MODE = "thread_local"
 
 
-def capture_graph(fn) -> torch.cuda.CUDAGraph:
-    """``fn``'s kernels recorded in a CUDA graph (nothing runs until ``replay()``)."""
+def capture_graph(fn, pool=None, generators=()) -> torch.cuda.CUDAGraph:
+    """``fn``'s kernels recorded in a CUDA graph (nothing runs until ``replay()``), its memory from
+    ``pool`` (a ``torch.cuda.graph_pool_handle()``; None: a private pool). Each generator other
+    than the default one that ``fn`` draws from is registered first, so that every replay
+    advances it as eager code would."""
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, capture_error_mode=CAPTURE_ERROR_MODE):
+    for gen in generators:
+        g.register_generator_state(gen)
+    with torch.cuda.graph(g, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
         fn()
     return g
+
+
+def graph_pool(device: torch.device):
+    """A memory pool for CUDA graphs to share (None off CUDA)."""
+    return torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+
+
+def graph_generators(sampler) -> list:
+    """The generators a captured step draws from besides the default one: a seeded
+    ``ResidentSampler``'s own. A CUDA graph replays only the offsets of the generators registered
+    with it (``CUDAGraph.register_generator_state``; torch 2.11 has it); where torch has no such
+    call, a seeded sampler cannot be captured: ValueError, with what to do instead."""
+    gen = getattr(sampler, "generator", None)
+    if gen is None:
+        return []
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        raise ValueError(
+            f"a ResidentSampler with a seed draws from its own generator, which CUDA graphs can "
+            f"replay only through CUDAGraph.register_generator_state, missing from torch "
+            f"{torch.__version__}: create the sampler without a seed (the default generator, "
+            f"seeded by torch.manual_seed), or pass graphs=False (--no-graphs)")
+    return [gen]
 
 
 def on_side_stream(fn, device: torch.device) -> None:
@@ -107,6 +134,8 @@ class FastEngine(Engine):
         self.eager_iterations = 0
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}  # [critic, generator,] [iteration]
         self.capture_error: Optional[str] = None
+        if self.use_graphs:
+            graph_generators(sampler)  # a seeded sampler that cannot be captured: say so now
 
     def _real(self) -> torch.Tensor:
         if self.static_real is not None:  # graphs fed from a host-side stream
@@ -128,8 +157,18 @@ class FastEngine(Engine):
             self.static_real = torch.empty_like(first)
             self.static_real.copy_(first)
             self.pending = True  # ``first`` is the next critic step's batch
+        # One memory pool for the graphs. What a step carries over to the next one (weights,
+        # RMSpropClip's flat gradients, optimizer state, the sampler's buffers, the loss sums) was
+        # allocated before the capture, outside the pool. A graph's own allocations are written
+        # before they are read within each replay (temporaries; Adam's gradients, set to None and
+        # made again by every backward): no graph reads what another one left in the pool. So a
+        # later capture may reuse an earlier graph's memory, and the graphs may replay in any order
+        # (the warm-up phases replay critic and generator, other iterations the iteration graph),
+        # one after another on one stream, never concurrently.
+        pool = graph_pool(self.device)
+        generators = graph_generators(self.source)
         for name, fn in parts.items():
-            self.graphs[name] = capture_graph(fn)
+            self.graphs[name] = capture_graph(fn, pool=pool, generators=generators)
 
     def _try_capture(self) -> None:
         try:

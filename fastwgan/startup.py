@@ -1,7 +1,7 @@
 """Start-up of the command-line programs: a Ctrl-C while torch imports (seconds, on a cold
 disk) prints one line, not a KeyboardInterrupt traceback from deep inside torch.
 
-``python -m fastwgan.train`` (and sample, eval) call ``quiet_interrupt()`` before their heavy
+``python -m fastwgan.train`` (and sample, eval, check) call ``quiet_interrupt()`` before their heavy
 imports; the console scripts (``fastwgan-train``, ...) start here, importing nothing heavy before
 it. Once ``main()`` runs, it handles Ctrl-C itself (a checkpoint, then one line).
 """
@@ -42,3 +42,7 @@ def sample() -> int:
 
 def evaluate() -> int:
     return _run("fastwgan.eval")
+
+
+def check() -> int:
+    return _run("fastwgan.check")

@@ -204,6 +204,26 @@ def resolve_backend(cfg: Config, device: torch.device) -> str:
     return cfg.backend
 
 
+def kernels_pass(cfg: Config, device: torch.device, dtype) -> bool:
+    """The start-of-run check of the fused kernels against their twins (fastwgan.check, about a
+    second on CUDA). A failure stops an explicit ``--backend fast`` (exit 1: the machine, not the
+    input, is at fault); with ``--backend auto`` the run continues on the reference engine after
+    one warning, which train.log keeps."""
+    from fastwgan.check import start_of_run_problem
+
+    problem = start_of_run_problem(cfg, device, dtype)
+    if problem is None:
+        return True
+    if cfg.backend == "fast":
+        raise Stop(f"--backend fast: {problem}. Run python -m fastwgan.check for the details, "
+                   "or train with --backend reference", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every run says it, also a second one in this process
+        warnings.warn(f"{problem}; training with the reference engine instead "
+                      "(python -m fastwgan.check for the details)", RuntimeWarning, stacklevel=2)
+    return False
+
+
 def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype):
     """The reference engine, or the fast one fed by the device-side sampler where the dataset
     is resident (by the batch stream otherwise)."""
@@ -211,6 +231,8 @@ def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype
         return ReferenceEngine(cfg, G, D, batches, device, dtype)
     from fastwgan.fast import FastEngine
 
+    if not kernels_pass(cfg, device, dtype):
+        return ReferenceEngine(cfg, G, D, batches, device, dtype)
     # the fast engine's layout: channels_last on CUDA, NCHW on a CPU
     sampler = (batches.sampler(channels_last=device.type == "cuda") if batches.mode == "resident"
                else batches)

@@ -4,8 +4,6 @@ On CPU the fast engine runs eagerly, with the plain-PyTorch twins (and, at tiny 
 Triton kernels under the interpreter). GPU-marked tests check graph replay against eager steps
 and the compiled kernels against the reference.
 """
-import copy
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,37 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastwgan.config import Config
 from fastwgan.engine import ReferenceEngine
 from fastwgan.fast import FastEngine
-from fastwgan.models import Critic, Generator
-
-
-class FixedBatches:
-    """The same list of batches for both engines: an iterator for the reference, ``sample()``
-    for the fast engine."""
-
-    def __init__(self, batches):
-        self.batches, self.i, self.position = batches, 0, 0
-
-    def sample(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def __next__(self):
-        self.position += 1
-        return self.sample()
-
-
-def pair(cfg, device="cpu", seed=0):
-    torch.manual_seed(seed)
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf).to(device)
-    return (G, D), (copy.deepcopy(G), copy.deepcopy(D))
-
-
-def batches(cfg, n, device="cpu"):
-    g = torch.Generator().manual_seed(123)
-    return [(torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1).to(device)
-            for _ in range(n)]
+from fastwgan.parity import FixedBatches, assert_same_state
+from fastwgan.parity import engine_pair as pair
+from fastwgan.parity import fixed_batches as batches
 
 
 def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
@@ -58,15 +28,6 @@ def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
         torch.manual_seed(1000 + it)
         fast.iteration(n)
     return ref, fast
-
-
-def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, **tol):
-    sb = b.state_dict()
-    for k, v in a.state_dict().items():
-        if v.is_floating_point():
-            torch.testing.assert_close(sb[k], v, msg=lambda m: f"{k}: {m}", **tol)
-        else:
-            assert torch.equal(sb[k], v), k
 
 
 TINY = dict(image_size=32, nz=8, ngf=8, ndf=8, batch_size=4, n_critic=2, n_critic_warmup=3, lr=1e-3)
@@ -126,8 +87,9 @@ def test_fast_backend_trains_from_the_cli(tmp_path, monkeypatch, capsys):
 class RecordedGraph:
     """Stands in for a CUDA graph on CPU: capture records the function, replay runs it."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, pool=None, generators=()):
         self.fn, self.replays = fn, 0
+        self.pool, self.generators = pool, list(generators)
 
     def replay(self):
         self.replays += 1
@@ -231,7 +193,7 @@ def test_captured_steps_do_not_sync_with_the_host(monkeypatch, impl):
     from fastwgan import fast
     from fastwgan.data.dali import ResidentSampler
 
-    def guarded(fn):
+    def guarded(fn, **_):
         def run():
             with HostSyncGuard() as guard:
                 fn()
@@ -394,3 +356,82 @@ def test_fast_resume_is_exact_on_cpu(tmp_path, monkeypatch):
             assert torch.equal(v, b[net][k]), (net, k)
     for i, s in a["opt_d"]["state"].items():
         assert torch.equal(s["square_avg"], b["opt_d"]["state"][i]["square_avg"])
+
+
+class GraphWithGenerators:
+    """Stands in for torch.cuda.CUDAGraph where it has ``register_generator_state``."""
+
+    def register_generator_state(self, generator):
+        pass
+
+
+def test_graphs_share_one_pool_and_register_a_seeded_samplers_generator(monkeypatch):
+    """A seeded ResidentSampler draws from its own generator: every captured graph gets it
+    registered (else its replays would repeat the same draw), and all graphs capture into one
+    memory pool. Recorded graphs on CPU; the replays equal the eager engine's, bit for bit."""
+    from fastwgan import fast
+    from fastwgan.data.dali import ResidentSampler
+
+    pool = object()
+    monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
+    monkeypatch.setattr(fast, "graph_pool", lambda device: pool)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", GraphWithGenerators)
+    cfg = Config(**TINY)
+    (G, D), (G2, D2) = pair(cfg)
+    data = torch.randint(0, 256, (32, 32, 32, 3), dtype=torch.uint8)
+    samplers = [ResidentSampler(data, cfg.batch_size, seed=7), ResidentSampler(data, cfg.batch_size, seed=7)]
+    cpu = torch.device("cpu")
+    eager = FastEngine(cfg, G, D, samplers[0], cpu, None, graphs=False)
+    graph = FastEngine(cfg, G2, D2, samplers[1], cpu, None, graphs=False)
+    graph.use_graphs = True  # CUDA-only otherwise
+    for it in [0, 30, 31, 500]:
+        torch.manual_seed(it)
+        eager.iteration(cfg.n_critic_at(it))
+        torch.manual_seed(it)
+        graph.iteration(cfg.n_critic_at(it))
+    assert set(graph.graphs) == {"critic", "generator", "iteration"}
+    for g in graph.graphs.values():
+        assert g.pool is pool
+        assert g.generators == [samplers[1].generator]
+    assert_same_state(eager.D, graph.D, rtol=0, atol=0)
+    assert torch.equal(samplers[0].generator.get_state(), samplers[1].generator.get_state())
+
+
+def test_seeded_sampler_without_generator_registration_is_refused(monkeypatch):
+    from fastwgan import fast
+    from fastwgan.data.dali import ResidentSampler
+
+    class OldGraph:  # a torch whose CUDAGraph cannot register generators
+        pass
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", OldGraph)
+    data = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    assert fast.graph_generators(ResidentSampler(data, 4)) == []  # the default generator: fine
+    with pytest.raises(ValueError, match="create the sampler without a seed .* or pass graphs=False"):
+        fast.graph_generators(ResidentSampler(data, 4, seed=1))
+
+
+@pytest.mark.gpu
+def test_graph_replay_with_a_seeded_sampler_equals_eager():
+    """A seeded sampler in the captured iteration: each replay draws new indices from its
+    generator, as the eager engine does with the same seed."""
+    from fastwgan.data.dali import ResidentSampler
+
+    cfg = gpu_cfg()
+    (G, D), (G2, D2) = pair(cfg, "cuda")
+    data = torch.randint(0, 256, (256, 64, 64, 3), dtype=torch.uint8, device="cuda")
+    samplers = [ResidentSampler(data, cfg.batch_size, seed=3), ResidentSampler(data, cfg.batch_size, seed=3)]
+    dev = torch.device("cuda")
+    eager = FastEngine(cfg, G, D, samplers[0], dev, None, graphs=False)
+    graph = FastEngine(cfg, G2, D2, samplers[1], dev, None, graphs=True)
+    torch.backends.cudnn.deterministic = True
+    for it in [0, 30, 31, 32]:
+        torch.cuda.manual_seed(it)
+        eager.iteration(cfg.n_critic_at(it))
+        torch.cuda.manual_seed(it)
+        graph.iteration(cfg.n_critic_at(it))
+    torch.cuda.synchronize()
+    assert graph.capture_error is None
+    assert torch.equal(samplers[0].index, samplers[1].index)  # the last draw of each
+    assert_same_state(eager.D, graph.D, rtol=1e-5, atol=2e-7)
+    assert_same_state(eager.G, graph.G, rtol=1e-4, atol=1e-5)

@@ -315,7 +315,8 @@ class ResidentSampler:
     ``torch.get_rng_state``): the draws are then as deterministic as that RNG state, and a resumed
     run continues them exactly. An int ``seed`` gives the sampler its own generator
     (``self.generator``): reproducible on its own, but a CUDA graph must register it
-    (``graph.register_generator_state(sampler.generator)``) and a checkpoint must save
+    (``graph.register_generator_state(sampler.generator)``: the fast engine does so for each of its
+    graphs, and refuses a seeded sampler where torch cannot) and a checkpoint must save
     ``sampler.state_dict()``. ``position`` counts the draws made through ``draw()`` (graph replays
     do not pass through it: add them yourself).
     """
