@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
-from fastwgan.distributed import SINGLE, World, split_batch
+from fastwgan.distributed import SINGLE, World, broadcast_, split_batch
 from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
 
 
@@ -78,6 +78,20 @@ class Engine:
         return getattr(self.source, "position", 0)
 
 
+def _no_forward_buffer_sync(net: nn.Module, world: World) -> dict:
+    """DDP's option for buffers synced once, when it is built, and never at a forward: newer
+    torch has ``forward_sync_buffers`` (and deprecates ``broadcast_buffers``, which with False
+    skips the first sync too: then rank 0's buffers are broadcast here)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    broadcast_(list(net.buffers()), world)
+    return {"broadcast_buffers": False}
+
+
 class ReferenceEngine(Engine):
     """torch.optim optimizers, the nn modules, eager phases: the specification.
 
@@ -89,16 +103,17 @@ class ReferenceEngine(Engine):
       without ``find_unused_parameters`` or ``static_graph``: every parameter is used, and a leaf's
       gradient is accumulated once per backward, so each bucket is reduced once. G runs under
       no_grad there, with no gradient to reduce.
-    * the generator step backpropagates through D with D's parameters frozen. Called through
-      DDP(D) with grad enabled, DDP would wait for gradients that never come and fail at the
-      next forward ("expected to have finished reduction"); D's module is called directly, so
-      the step reduces G's gradients only.
+    * the generator step backpropagates through D with D's parameters frozen: D's module is
+      called directly, so the step reduces G's gradients only and DDP(D) keeps no state of it.
+      (Through DDP(D) it also works on torch 2.13: no gradient hook fires, so no reduction is
+      started or awaited; tests/test_distributed.py checks both give the same weights.)
 
-    ``broadcast_buffers=False``: each rank keeps its own BatchNorm running statistics (rank 0's
-    are the ones saved and used for samples), which saves a broadcast per forward; with sync-bn
-    they are the same on every rank anyway. ``sync_bn``: torch's SyncBatchNorm on CUDA; on a CPU,
-    where SyncBatchNorm refuses CPU tensors (torch 2.13), the blocks' plain-PyTorch sync path
-    (fastwgan.models.set_sync_bn), which computes the same statistics.
+    Buffers are synced from rank 0 once, when DDP is built, not at every forward: each rank then
+    keeps its own BatchNorm running statistics (rank 0's are the ones saved and used for
+    samples), which saves a broadcast per forward; with sync-bn they stay the same on every rank.
+    ``sync_bn``: torch's SyncBatchNorm on CUDA; on a CPU, where SyncBatchNorm refuses CPU
+    tensors (torch 2.13), the blocks' plain-PyTorch sync path (fastwgan.models.set_sync_bn), which
+    computes the same statistics.
     """
 
     name = "reference"
@@ -127,7 +142,7 @@ class ReferenceEngine(Engine):
 
             set_sync_bn(net, dist.group.WORLD)
         ids = [device.index] if device.type == "cuda" else None
-        return DDP(net, device_ids=ids, broadcast_buffers=False)
+        return DDP(net, device_ids=ids, **_no_forward_buffer_sync(net, self.world))
 
     def describe(self) -> str:
         if not self.world.distributed:
