@@ -698,10 +698,10 @@ class _BnAct(torch.autograd.Function):
         y = torch.empty_like(x)
         stats = torch.empty((2, C), **f32)  # mean, rstd: saved for backward
         # (3) launch
+        n_all = None  # sync BN: the group's count per channel, for the backward
         if training:
             part = torch.empty((3, cfg["chunks"], C), **f32)
             _bn_stats_partial_kernel[grid](x, part, *dims, **blocks)
-            n_all = None
             if group is not None:  # this rank's moments, gathered: the group's partials
                 moments = torch.empty((3, C), **f32)
                 _finalize_stats(part, moments, None, None, C, cfg["chunks"], eps, momentum,

@@ -10,7 +10,6 @@ losses are the average of the halves' losses. sync-bn is compared with the ordin
 """
 from __future__ import annotations
 
-import copy
 import os
 import time
 import traceback
@@ -203,6 +202,20 @@ def job_count_collectives(world: World):
     return out
 
 
+def job_broadcast(world: World):
+    """Engines built from networks that differ by rank (seed, running statistics): rank 0's."""
+    cfg, out = small_cfg(), {}
+    for kind in ("reference", "fast"):
+        torch.manual_seed(10 + world.rank)
+        G, D = Generator(cfg.image_size, cfg.nz, cfg.ngf), Critic(cfg.image_size, cfg.ndf)
+        for buf in D.buffers():
+            buf.fill_(world.rank + 2)
+        engine = make_engine(kind, cfg, G, D, iter(()), world)
+        out[kind] = {"params": params_of(engine),
+                     "buffers": torch.cat([b.reshape(-1).float() for b in D.buffers()])}
+    return out
+
+
 def job_ddp_frozen_critic(world: World):
     """The generator step through DDP(D), D's weights frozen (the engine calls D's module)."""
     cfg = small_cfg()
@@ -244,7 +257,7 @@ def job_bn_act(world: World):
 
 
 _JOBS = {"engines": job_engines, "count": job_count_collectives, "checksum": job_checksum,
-         "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic}
+         "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic, "broadcast": job_broadcast}
 
 
 def _worker(rank, world_size, store, out_dir, jobs):
@@ -323,7 +336,15 @@ def rel_diff(a, b):
 
 
 
-def test_ranks_hold_the_same_weights_and_buffers_broadcast(ranks):
+def test_engines_start_from_rank0_weights_and_buffers(ranks):
+    for kind in ("reference", "fast"):
+        b0, b1 = ranks[0]["broadcast"][kind], ranks[1]["broadcast"][kind]
+        for name in b0["params"]:
+            assert torch.equal(b0["params"][name], b1["params"][name]), (kind, name)
+        assert torch.equal(b1["buffers"], torch.full_like(b1["buffers"], 2.0)), kind  # rank 0's
+
+
+def test_ranks_hold_the_same_weights(ranks):
     # every rank trains the same networks: bitwise equal after the run
     for key, value in ranks[0]["engines"].items():
         for name in value:
