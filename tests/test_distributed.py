@@ -2,7 +2,8 @@
 
 One spawn of two ranks runs every distributed job (``_JOBS``) and saves what each rank ends with;
 the tests compare that with single-process runs in this process. Each rank gets OMP_NUM_THREADS=1,
-a FileStore in tmp_path (no port), a 60 s collective timeout, and the spawn a deadline.
+a FileStore in tmp_path (no port), gloo on the loopback, a 60 s collective timeout, and the spawn
+a deadline; the torchrun test uses --standalone (a free port) and a subprocess timeout.
 
 Per-rank BatchNorm (the default) normalises each rank's half of the batch: the single process
 runs its networks on each half separately and concatenates the outputs (``GhostBatch``), so the
@@ -10,7 +11,11 @@ losses are the average of the halves' losses. sync-bn is compared with the ordin
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
 import time
 import traceback
 from datetime import timedelta
@@ -278,13 +283,29 @@ def _worker(rank, world_size, store, out_dir, jobs):
 
 
 JOB_FAILED = "job failed"
+# what the ranks inherit: one thread each (two cores are shared), gloo on the loopback only
+RANK_ENV = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+@contextlib.contextmanager
+def children_env():
+    saved = {k: os.environ.get(k) for k in RANK_ENV}
+    os.environ.update(RANK_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def run_ranks(tmp_path, jobs, world_size=WORLD, timeout_s=SPAWN_TIMEOUT_S):
     """Run ``jobs`` on ``world_size`` spawned ranks; each rank's results."""
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the children before torch starts there
-    ctx = mp.start_processes(_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path), jobs),
-                             nprocs=world_size, join=False, start_method="spawn")
+    with children_env():
+        ctx = mp.start_processes(_worker, nprocs=world_size, join=False, start_method="spawn",
+                                 args=(world_size, str(tmp_path / "store"), str(tmp_path), jobs))
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
         if time.monotonic() > deadline:
@@ -463,3 +484,40 @@ def test_rank_seeds():
     seeds = {rank_seed(5, r) for r in range(8)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
     assert rank_seed(5, 3) == rank_seed(5, 3) != rank_seed(6, 3)
+
+
+TORCHRUN_SCRIPT = """
+import json, os, sys
+from datetime import timedelta
+import torch
+from fastwgan import distributed as fd
+
+torch.set_num_threads(1)
+world = fd.init_from_env("cpu", timeout=timedelta(seconds=60))
+flat = torch.tensor([float(world.rank), 1.0])
+fd.all_reduce_mean_(flat, world)
+weights = [torch.full((3,), float(world.rank))]
+fd.broadcast_(weights, world)
+fd.check_in_sync({"w": weights}, world)
+with open(os.path.join(sys.argv[1], f"rank{world.rank}.json"), "w") as f:
+    json.dump({"rank": world.rank, "world_size": world.world_size, "backend": world.backend,
+               "writer": world.is_writer, "mean": flat.tolist(), "w": weights[0].tolist()}, f)
+fd.shutdown(world)
+"""
+
+
+def test_init_from_torchrun_environment(tmp_path):
+    """torchrun --standalone (a free port on the loopback) with two ranks: the world it describes."""
+    script = tmp_path / "ranks.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, **RANK_ENV}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", str(script), str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
+    for k, g in enumerate(got):
+        assert (g["rank"], g["world_size"], g["backend"], g["writer"]) == (k, 2, "gloo", k == 0)
+        assert g["mean"] == [0.5, 1.0]  # (0 + 1) / 2, and 1 stays 1
+        assert g["w"] == [0.0, 0.0, 0.0]  # rank 0's
