@@ -118,13 +118,13 @@ class FastEngine(Engine):
 
             set_sync_bn(G, dist.group.WORLD)
             set_sync_bn(D, dist.group.WORLD)
+        broadcast_module_(G, world)  # rank 0's initial weights and running statistics
+        broadcast_module_(D, world)
         if device.type == "cuda":
             # before the optimizers: they lay the parameters out in flat buffers, keeping strides
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        broadcast_module_(G, world)  # rank 0's initial weights and running statistics
-        broadcast_module_(D, world)
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
         step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)

@@ -521,3 +521,20 @@ def test_init_from_torchrun_environment(tmp_path):
         assert (g["rank"], g["world_size"], g["backend"], g["writer"]) == (k, 2, "gloo", k == 0)
         assert g["mean"] == [0.5, 1.0]  # (0 + 1) / 2, and 1 stays 1
         assert g["w"] == [0.0, 0.0, 0.0]  # rank 0's
+
+
+def test_rmsprop_clip_reduces_the_flat_gradient_before_its_update():
+    from fastwgan.optim import RMSpropClip
+
+    seen = []
+
+    def reduce(flat):  # stands for the all-reduce: here, a gradient of zero everywhere
+        seen.append(flat)
+        flat.zero_()
+
+    p = nn.Parameter(torch.ones(3, 2))
+    opt = RMSpropClip([p], lr=0.1, impl="ref", grad_reduce=reduce)
+    (p * 2).sum().backward()
+    opt.step()
+    assert len(seen) == 1 and seen[0] is opt.buffers().grad  # once, on the flat buffer itself
+    assert torch.equal(p.detach(), torch.ones(3, 2))  # the update used the reduced gradient
