@@ -5,6 +5,12 @@ An engine owns the networks' optimizers and the device buffer the losses accumul
 steps), and runs ``iteration(n_critic)``. The trainer around it (logging, samples, checkpoints)
 is the same for every engine; the fast engine (fastwgan.fast) replays the same phases from CUDA
 graphs.
+
+Several processes: an engine built with a ``World`` of more than one rank trains data-parallel.
+Each rank takes its share of the global batch (``split_batch``) and its own z; the gradients are
+averaged over the ranks before every update (here by torch's DistributedDataParallel, in the
+fast engine by one all-reduce of each optimizer's flat gradient buffer). See
+fastwgan.distributed.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
+from fastwgan.distributed import SINGLE, World, broadcast_, split_batch
 from fastwgan.steps import StepConfig, clip_weights_, critic_step, generator_step, make_optimizers
 
 
@@ -28,24 +35,37 @@ class Engine:
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, source: Iterator[torch.Tensor],
                  device: torch.device, step_cfg: StepConfig, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer):
+                 opt_d: torch.optim.Optimizer, world: World = SINGLE):
         self.G, self.D, self.source, self.device = G, D, source, device
-        self.batch_size, self.nz = cfg.batch_size, cfg.nz
+        self.world = world
+        self.batch_size, self.nz = split_batch(cfg.batch_size, world.world_size), cfg.nz  # per rank
         self.step_cfg, self.opt_g, self.opt_d = step_cfg, opt_g, opt_d
         self.sums = torch.zeros(4, device=device)
+        # the modules each phase calls: the plain ones here; the reference engine puts the
+        # network being trained in DistributedDataParallel
+        self.critic_nets: tuple[nn.Module, nn.Module] = (G, D)
+        self.generator_nets: tuple[nn.Module, nn.Module] = (G, D)
 
     def _real(self) -> torch.Tensor:
         return next(self.source)
 
+    def noise(self) -> torch.Tensor:
+        """This rank's z for one step, drawn on the device."""
+        return torch.randn(self.batch_size, self.nz, device=self.device)
+
     def critic(self) -> None:
         real = self._real()  # before z: a device sampler draws from the same RNG
-        z = torch.randn(self.batch_size, self.nz, device=self.device)
-        c = critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg)
+        z = self.noise()
+        c = critic_step(*self.critic_nets, self.opt_d, real, z, self.step_cfg)
         self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
 
     def generator(self) -> None:
-        z = torch.randn(self.batch_size, self.nz, device=self.device)
-        self.sums[3] += generator_step(self.G, self.D, self.opt_g, z, self.step_cfg)["loss_g"]
+        z = self.noise()
+        self.sums[3] += generator_step(*self.generator_nets, self.opt_g, z, self.step_cfg)["loss_g"]
+
+    def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
+        """Each network's parameters, for the cross-rank check (fastwgan.distributed.check_in_sync)."""
+        return {"generator": list(self.G.parameters()), "critic": list(self.D.parameters())}
 
     def iteration(self, n_critic: int) -> None:
         for _ in range(n_critic):
@@ -70,17 +90,75 @@ class Engine:
         return getattr(self.source, "position", 0)
 
 
+def _no_forward_buffer_sync(net: nn.Module, world: World) -> dict:
+    """DDP's option for buffers synced once, when it is built, and never at a forward: newer
+    torch has ``forward_sync_buffers`` (and deprecates ``broadcast_buffers``, which with False
+    skips the first sync too: then rank 0's buffers are broadcast here)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    broadcast_(list(net.buffers()), world)
+    return {"broadcast_buffers": False}
+
+
 class ReferenceEngine(Engine):
-    """torch.optim optimizers, the nn modules, eager phases: the specification."""
+    """torch.optim optimizers, the nn modules, eager phases: the specification.
+
+    Several processes: torch's DistributedDataParallel around G and D (it broadcasts rank 0's
+    weights and buffers when it is built, and averages the gradients during backward). Each phase
+    calls the network it trains through its wrapper and the other one directly:
+
+    * the critic step calls DDP(D) twice (real, then fake) before one backward. That is allowed
+      without ``find_unused_parameters`` or ``static_graph``: every parameter is used, and a leaf's
+      gradient is accumulated once per backward, so each bucket is reduced once. G runs under
+      no_grad there, with no gradient to reduce.
+    * the generator step backpropagates through D with D's parameters frozen: D's module is
+      called directly, so the step reduces G's gradients only and DDP(D) keeps no state of it.
+      (Through DDP(D) it also works on torch 2.13: no gradient hook fires, so no reduction is
+      started or awaited; tests/test_distributed.py checks both give the same weights.)
+
+    Buffers are synced from rank 0 once, when DDP is built, not at every forward: each rank then
+    keeps its own BatchNorm running statistics (rank 0's are the ones saved and used for
+    samples), which saves a broadcast per forward; with sync-bn they stay the same on every rank.
+    ``sync_bn``: torch's SyncBatchNorm on CUDA; on a CPU, where SyncBatchNorm refuses CPU
+    tensors (torch 2.13), the blocks' plain-PyTorch sync path (fastwgan.models.set_sync_bn), which
+    computes the same statistics.
+    """
 
     name = "reference"
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, batches: Iterator[torch.Tensor],
-                 device: torch.device, amp_dtype: Optional[torch.dtype]):
+                 device: torch.device, amp_dtype: Optional[torch.dtype], world: World = SINGLE,
+                 sync_bn: bool = False):
         opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate)
         step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, amp_dtype)
-        super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d)
+        super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d, world)
         self.clip_critic_at_build(cfg)
+        self.sync_bn = sync_bn and world.distributed
+        if world.distributed:
+            G_ddp, D_ddp = (self._wrap(net, device) for net in (G, D))
+            self.critic_nets = (G, D_ddp)
+            self.generator_nets = (G_ddp, D)
+
+    def _wrap(self, net: nn.Module, device: torch.device) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if self.sync_bn and device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # in place below the root
+        elif self.sync_bn:
+            import torch.distributed as dist
+
+            from fastwgan.models import set_sync_bn
+
+            set_sync_bn(net, dist.group.WORLD)
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(net, device_ids=ids, **_no_forward_buffer_sync(net, self.world))
 
     def describe(self) -> str:
-        return "reference (plain PyTorch, eager)"
+        if not self.world.distributed:
+            return "reference (plain PyTorch, eager)"
+        bn = ", sync BatchNorm" if self.sync_bn else ""
+        return f"reference (plain PyTorch, eager, DistributedDataParallel{bn})"

@@ -17,6 +17,16 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 
 On a CPU the same engine runs eagerly with the plain-PyTorch twins, so the loop code is the one
 the tests exercise. ``--no-graphs`` runs it eagerly on CUDA too.
+
+Several processes (no DDP wrapper): rank 0's weights and buffers are broadcast when the engine is
+built; each optimizer averages its gradients over the ranks with one all-reduce just before its
+update: RMSpropClip on its flat gradient buffer (``grad_reduce``), so a critic step is one
+collective; torch's Adam (``--loss gan``) on a flat copy of the gradients, from a step pre-hook
+(also one collective, plus a copy in and out). The collectives are plain calls on device tensors:
+on CUDA they are captured in the graphs with the steps (NCCL supports capture), and since every
+rank runs the same warm-up and captures at the same iteration, the ranks stay in step. sync-bn:
+the blocks' fused BatchNorm all-gathers its per-channel moments in the forward and all-reduces
+its two per-channel sums in the backward (fastwgan.kernels.bn_act).
 """
 from __future__ import annotations
 
@@ -27,8 +37,10 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
+from fastwgan.distributed import (SINGLE, World, all_reduce_grads_mean_, all_reduce_mean_,
+                                  broadcast_module_)
 from fastwgan.engine import Engine
-from fastwgan.models import set_impl
+from fastwgan.models import set_impl, set_sync_bn
 from fastwgan.steps import StepConfig
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
@@ -39,15 +51,26 @@ def kernels_impl(device: torch.device) -> str:
     return "triton" if device.type == "cuda" else "ref"
 
 
-def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
+def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str,
+                         world: World = SINGLE):
+    """The fast optimizers; with several ranks each averages its gradients in one all-reduce."""
+    reduce = (lambda flat: all_reduce_mean_(flat, world)) if world.distributed else None
     if cfg.loss == "wgan":
         from fastwgan.optim import RMSpropClip
 
-        return (RMSpropClip(G.parameters(), lr=cfg.learning_rate, clip=None, impl=impl),
-                RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl))
+        return (RMSpropClip(G.parameters(), lr=cfg.learning_rate, clip=None, impl=impl,
+                            grad_reduce=reduce),
+                RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl,
+                            grad_reduce=reduce))
     cuda = next(G.parameters()).is_cuda
     kw = dict(lr=cfg.learning_rate, betas=(0.5, 0.999), fused=cuda, capturable=cuda)
-    return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
+    opts = torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
+    if world.distributed:
+        for opt in opts:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            opt.register_step_pre_hook(lambda _opt, _args, _kw, params=params:
+                                       all_reduce_grads_mean_(params, world))
+    return opts
 
 
 # Under torch's default "global" capture mode a CUDA call from *any* thread during the capture
@@ -110,20 +133,29 @@ class FastEngine(Engine):
     name = "fast"
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, sampler, device: torch.device,
-                 amp_dtype: Optional[torch.dtype], graphs: bool = True, impl: Optional[str] = None):
+                 amp_dtype: Optional[torch.dtype], graphs: bool = True, impl: Optional[str] = None,
+                 world: World = SINGLE, sync_bn: bool = False):
         self.cfg = cfg
         self.impl = impl or kernels_impl(device)
+        self.sync_bn = sync_bn and world.distributed
         set_impl(G, self.impl)
         set_impl(D, self.impl)
+        if self.sync_bn:
+            import torch.distributed as dist
+
+            set_sync_bn(G, dist.group.WORLD)
+            set_sync_bn(D, dist.group.WORLD)
+        broadcast_module_(G, world)  # rank 0's initial weights and running statistics
+        broadcast_module_(D, world)
         if device.type == "cuda":
             # before the optimizers: they lay the parameters out in flat buffers, keeping strides
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl)
+        opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
         step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
-        super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d)
+        super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"
         # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;
@@ -202,6 +234,12 @@ class FastEngine(Engine):
             self.graphs["critic"].replay()
         self.graphs["generator"].replay()
 
+    def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
+        """The flat parameter buffers (wgan): one tensor per network to checksum."""
+        if self.cfg.loss != "wgan":
+            return super().parameter_sets()
+        return {"generator": [self.opt_g.buffers().param], "critic": [self.opt_d.buffers().param]}
+
     @property
     def data_position(self) -> int:
         # a stream counts its batches (one drawn ahead for the static buffer is not yet used);
@@ -211,4 +249,6 @@ class FastEngine(Engine):
     def describe(self) -> str:
         kernels = "Triton kernels" if self.impl == "triton" else "plain-PyTorch twins"
         mode = "CUDA graphs" if self.use_graphs else "eager"
+        if self.world.distributed:
+            mode += ", one all-reduce per step" + (", sync BatchNorm" if self.sync_bn else "")
         return f"fast ({kernels}, {mode})"

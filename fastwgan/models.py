@@ -4,7 +4,8 @@ Both networks are built from blocks: a convolution (ConvTranspose2d in the gener
 critic) followed by BatchNorm in training mode and ReLU or LeakyReLU(0.2). ``impl`` selects how a
 block computes the normalisation and activation ("ref": the nn modules; "triton": one fused
 kernel from ``fastwgan.kernels.bn_act``). It never changes parameter or buffer names, so a
-state_dict saved under one impl loads into the other.
+state_dict saved under one impl loads into the other. ``set_sync_bn`` makes the blocks normalise
+over the batch of every process of a group (sync BatchNorm), under either impl.
 
 Layers and initialisation follow martinarjovsky/WassersteinGAN ``models/dcgan.py``: every
 convolution is bias-free, conv weights ~ N(0, 0.02), BatchNorm weight ~ N(1, 0.02), bias 0.
@@ -43,10 +44,12 @@ class Block(nn.Module):
         self.act = act
         self.negative_slope = 0.2
         self.impl = _check_impl(impl)
+        # a torch.distributed group: training statistics over all its processes (set_sync_bn)
+        self.sync_group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        if self.bn is not None and self.impl == "triton":
+        if self.bn is not None and (self.impl == "triton" or self.sync_group is not None):
             from fastwgan.kernels.bn_act import bn_act
 
             bn = self.bn
@@ -54,7 +57,8 @@ class Block(nn.Module):
                 bn.num_batches_tracked.add_(1)
             return bn_act(y, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                           training=bn.training, momentum=bn.momentum, eps=bn.eps,
-                          act=self.act, negative_slope=self.negative_slope, impl="triton")
+                          act=self.act, negative_slope=self.negative_slope, impl=self.impl,
+                          process_group=self.sync_group)
         if self.bn is not None:
             y = self.bn(y)
         if self.act == "relu":
@@ -64,7 +68,7 @@ class Block(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"act={self.act}, impl={self.impl}"
+        return f"act={self.act}, impl={self.impl}" + (", sync_bn" if self.sync_group is not None else "")
 
 
 def _up(cin, cout, k, s, p, impl):
@@ -152,4 +156,14 @@ def set_impl(model: nn.Module, impl: str) -> nn.Module:
     for m in model.modules():
         if isinstance(m, Block):
             m.impl = impl
+    return model
+
+
+def set_sync_bn(model: nn.Module, group) -> nn.Module:
+    """Make every block of ``model`` normalise over the batch of all processes of ``group`` (a
+    torch.distributed group; None: each process's own batch again) when training. Parameters,
+    buffers and their names are unchanged; eval mode uses the running statistics, no collective."""
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.sync_group = group
     return model

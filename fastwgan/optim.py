@@ -51,6 +51,13 @@ state_dict
     does not implement. All parameters of a group share one step count; loading per-parameter
     counts that differ takes the largest (RMSprop's update never reads it).
 
+Several processes
+    ``grad_reduce`` (optional) is called with each group's flat gradient buffer after backward
+    and before the update, e.g. ``lambda g: all_reduce_mean_(g, world)``
+    (fastwgan.distributed): the gradients of a data-parallel step are averaged with one
+    collective per group, and every rank then applies the same update. It must act in place
+    and, to be captured with the step, make no host synchronisation.
+
 impl
     "triton" runs the kernel: compiled on CUDA tensors, under the Triton interpreter on CPU
     tensors when ``TRITON_INTERPRET=1``. Where it cannot run (no triton, CPU without the
@@ -61,7 +68,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -128,15 +135,19 @@ class RMSpropClip(torch.optim.Optimizer):
         clip: clamp every parameter to [-clip, clip] after the step (the paper's critic: 0.01);
             None for no clipping (the generator).
         impl: "triton" (one fused launch) or "ref" (the plain-PyTorch twin).
+        grad_reduce: called in place on each group's flat gradient buffer before the update
+            (the all-reduce of several processes); None for one process.
 
     See the module docstring for the flat buffers, capture, lr changes and the state_dict format.
     """
 
     def __init__(self, params, lr: float = 5e-5, alpha: float = 0.99, eps: float = 1e-8,
-                 clip: float | None = None, impl: str = "triton"):
+                 clip: float | None = None, impl: str = "triton",
+                 grad_reduce: Optional[Callable[[Tensor], Any]] = None):
         if impl not in ("ref", "triton"):
             raise ValueError(f"impl must be 'ref' or 'triton', got {impl!r}")
         self.impl = impl
+        self.grad_reduce = grad_reduce
         self._groups: list[_Group] = []
         self._warned_grad_copy = False
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "clip": clip})
@@ -282,6 +293,8 @@ class RMSpropClip(torch.optim.Optimizer):
             self._check_views(g)
             self._sync_lr(group, g)  # the ref path reads the float, but keep lr_tensor() current
             b = g.buffers
+            if self.grad_reduce is not None:
+                self.grad_reduce(b.grad)
             if g.impl == "triton":
                 _launch(b.param, b.grad, b.square_avg, b.lr, group["alpha"], group["eps"],
                         group["clip"], b.step)

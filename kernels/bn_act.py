@@ -36,6 +36,18 @@ the forward's arithmetic. y cannot replace x: ReLU destroys the negative half of
 BatchNorm backward needs. x is the convolution's output, which nothing else keeps alive, so saving
 it costs one activation of memory; a mask would cost another tensor and the same write traffic.
 
+Sync BatchNorm (several processes). With ``process_group`` (a torch.distributed group of more than
+one process) and ``training``, the statistics are those of the batch over all the group's ranks
+(torch.nn.SyncBatchNorm's semantics), with one collective each way:
+  forward   local moments (count, mean, M2) per channel -> all_gather -> combined with the same
+            Chan formula as the chunks (the twin: in torch; the kernels: the finalize kernel run
+            once with MOMENTS for the rank, then over the gathered (3, ranks, C) as partials)
+  backward  local sums of g and g * x_hat -> all_reduce (sum) -> divided by the global count
+            for dx; dweight and dbias stay the rank's own sums (the data-parallel gradient
+            average over ranks follows, as after torch's SyncBatchNorm)
+The collectives are plain calls on small device tensors (capturable with NCCL). gloo (CPU) has
+no all_gather_into_tensor: there the list form is used.
+
 affine=False: weight and bias may be None (each on its own); they count as ones and zeros and
 their gradients are None, as in F.batch_norm.
 """
@@ -94,23 +106,141 @@ def _check_momentum(momentum):
                          "float, as nn.BatchNorm2d does by default (0.1)")
 
 
+def _reduce_dims(x):
+    return [0] + list(range(2, x.dim()))
+
+
+def _channel_view(t, x):
+    """(C,) -> broadcastable against x (N, C, *spatial)."""
+    return t.view([1, -1] + [1] * (x.dim() - 2))
+
+
+def _all_gather_stacked(t, group):
+    """(W, *t.shape): every rank's ``t``, in rank order (one collective)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    if dist.get_backend(group) == "gloo":  # gloo lacks all_gather_into_tensor
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        return torch.stack(parts)
+    out = torch.empty((world, *t.shape), dtype=t.dtype, device=t.device)
+    dist.all_gather_into_tensor(out, t.contiguous(), group=group)
+    return out
+
+
+def _all_reduce_sum_(t, group):
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def _combine_moments(n, mean, m2):
+    """Count, mean and M2 of the union of parts (P, C) each: Chan et al.'s pairwise formula,
+    applied to all parts at once (the finalize kernel's block combine)."""
+    n_all = n.sum(0)
+    mean_all = (n * mean).sum(0) / n_all
+    m2_all = (m2 + n * (mean - mean_all) ** 2).sum(0)
+    return n_all, mean_all, m2_all
+
+
+def _act_grad(g, y_pre, act, negative_slope):
+    if act == "relu":
+        return torch.where(y_pre > 0, g, 0.0)
+    if act == "leaky_relu":
+        return torch.where(y_pre > 0, g, g * negative_slope)
+    return g
+
+
+def _act_ref(y, act, negative_slope):
+    if act == "relu":
+        return F.relu(y)
+    if act == "leaky_relu":
+        return F.leaky_relu(y, negative_slope)
+    return y
+
+
+class _SyncBnActRef(torch.autograd.Function):
+    """The twin of sync BatchNorm + activation, in plain torch ops and two collectives."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, act,
+                negative_slope, group):
+        dims, C = _reduce_dims(x), x.shape[1]
+        xf = x.float()
+        # local moments, then the global ones
+        n = torch.full((C,), x.numel() // C, dtype=torch.float32, device=x.device)
+        mean = xf.mean(dims)
+        m2 = ((xf - _channel_view(mean, x)) ** 2).sum(dims)
+        moments = _all_gather_stacked(torch.stack([n, mean, m2]), group)  # (W, 3, C)
+        n_all, mean_all, m2_all = _combine_moments(moments[:, 0], moments[:, 1], moments[:, 2])
+        rstd = torch.rsqrt(m2_all / n_all + eps)
+        if running_mean is not None:  # torch's update, with the unbiased variance
+            running_mean.mul_(1 - momentum).add_(momentum * mean_all)
+            running_var.mul_(1 - momentum).add_(momentum * m2_all / (n_all - 1))
+        w = weight.float() if weight is not None else torch.ones(C, device=x.device)
+        b = bias.float() if bias is not None else torch.zeros(C, device=x.device)
+        x_hat = (xf - _channel_view(mean_all, x)) * _channel_view(rstd, x)
+        y = _act_ref(x_hat * _channel_view(w, x) + _channel_view(b, x), act, negative_slope)
+        ctx.save_for_backward(x, w, b, mean_all, rstd, n_all)
+        ctx.act, ctx.negative_slope, ctx.group = act, negative_slope, group
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return y.to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, w, b, mean, rstd, n_all = ctx.saved_tensors
+        dims = _reduce_dims(x)
+        xf = x.float()
+        x_hat = (xf - _channel_view(mean, x)) * _channel_view(rstd, x)
+        y_pre = x_hat * _channel_view(w, x) + _channel_view(b, x)
+        g = _act_grad(dy.float(), y_pre, ctx.act, ctx.negative_slope)
+        sum_g, sum_gx = g.sum(dims), (g * x_hat).sum(dims)
+        dw = sum_gx.clone() if ctx.has_weight and ctx.needs_input_grad[1] else None
+        db = sum_g.clone() if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            coef = _all_reduce_sum_(torch.stack([sum_g, sum_gx]), ctx.group) / n_all  # (2, C)
+            dx = _channel_view(w * rstd, x) * (g - _channel_view(coef[0], x)
+                                               - x_hat * _channel_view(coef[1], x))
+            dx = dx.to(x.dtype)
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def _syncs(process_group, training):
+    """Whether the statistics are the group's rather than this process's."""
+    if process_group is None or not training:
+        return False
+    import torch.distributed as dist
+
+    return dist.get_world_size(process_group) > 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Public entry point
 # ------------------------------------------------------------------------------------------------
 def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
-           act="relu", negative_slope=0.2, impl="triton"):
+           act="relu", negative_slope=0.2, impl="triton", process_group=None):
     """BatchNorm (batch statistics when ``training``, else the running ones) then ``act``.
 
     x: (N, C, *spatial), fp32, fp16 or bf16, contiguous or (4-D) channels_last; y has x's dtype
     and memory format. weight, bias: (C,) or None. running_mean, running_var: (C,) fp32 buffers,
     updated in place when training (momentum, unbiased variance), or both None (training only).
     Differentiable in x, weight and bias; parameter gradients are fp32.
+    process_group: a torch.distributed group; when training, the statistics are those of the
+    batch over all its ranks (see "Sync BatchNorm" above). None: this process's batch.
     """
     global _fallback_warned
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     _check_act(act)
     _check_momentum(momentum)
+    sync = _syncs(process_group, training)
+    if sync and (impl == "ref" or triton is None or not (x.is_cuda or _INTERPRET)):
+        return _SyncBnActRef.apply(x, weight, bias, running_mean, running_var, float(momentum),
+                                   float(eps), act, float(negative_slope), process_group)
     if impl == "ref" or x.numel() == 0:  # (nothing to launch for an empty batch)
         return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
                           negative_slope)
@@ -125,7 +255,8 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
                           negative_slope)
     _check_inputs(x, weight, bias, running_mean, running_var, training)
     return _BnAct.apply(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                        float(eps), _ACT_ID[act], float(negative_slope))
+                        float(eps), _ACT_ID[act], float(negative_slope),
+                        process_group if sync else None)
 
 
 def _check_inputs(x, weight, bias, running_mean, running_var, training):
@@ -301,12 +432,13 @@ if triton is not None:
     @triton.jit
     def _bn_stats_finalize_kernel(
         part_ptr,                   # fp32 (3, P, C): count, mean, M2 per chunk
-        stats_ptr,                  # fp32 (2, C) out: batch mean, rstd
+        stats_ptr,                  # fp32 (2, C) out: batch mean, rstd; (3, C) with MOMENTS
         running_mean_ptr,           # (C,) updated in place when HAS_RUNNING
         running_var_ptr,            # (C,) updated in place when HAS_RUNNING
         C, P,                       # channels, chunks
         eps, momentum,
         HAS_RUNNING: tl.constexpr,
+        MOMENTS: tl.constexpr,      # write the combined count, mean, M2 (a rank's, for sync BN)
         BLOCK_P: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -339,8 +471,13 @@ if triton is not None:
         n_safe = tl.where(n > 0, n, 2.0)
         var = m2 / n_safe  # biased: what normalisation uses
         rstd = tl.rsqrt(var + eps)
-        tl.store(stats_ptr + cols, mean, mask=col_mask)
-        tl.store(stats_ptr + C + cols, rstd, mask=col_mask)
+        if MOMENTS:  # this rank's part of the group's statistics, gathered for a second pass
+            tl.store(stats_ptr + cols, n, mask=col_mask)
+            tl.store(stats_ptr + C + cols, mean, mask=col_mask)
+            tl.store(stats_ptr + 2 * C + cols, m2, mask=col_mask)
+        else:
+            tl.store(stats_ptr + cols, mean, mask=col_mask)
+            tl.store(stats_ptr + C + cols, rstd, mask=col_mask)
         if HAS_RUNNING:  # torch's update, with the unbiased variance M2 / (n - 1)
             rm = tl.load(running_mean_ptr + cols, mask=col_mask, other=0.0)
             rv = tl.load(running_var_ptr + cols, mask=col_mask, other=0.0)
@@ -532,10 +669,21 @@ def _grid_args(cfg, N, C, S):
     return (M, C, S, cfg["nsb"], cfg["units"], cfg["units_per_prog"])
 
 
+def _finalize_stats(part, out, running_mean, running_var, C, P, eps, momentum, BLOCK_CF,
+                    BLOCK_P, moments=False):
+    """Combine the (3, P, C) partials into ``out``: (mean, rstd) and the running statistics'
+    update, or with ``moments`` the combined (count, mean, M2)."""
+    has_running = running_mean is not None
+    _bn_stats_finalize_kernel[(triton.cdiv(C, BLOCK_CF),)](
+        part, out, running_mean if has_running else out, running_var if has_running else out,
+        C, P, eps, momentum, HAS_RUNNING=has_running, MOMENTS=moments, BLOCK_P=BLOCK_P,
+        BLOCK_C=BLOCK_CF, num_warps=4)
+
+
 class _BnAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                negative_slope):
+                negative_slope, group=None):
         # (1) shapes and layout
         x, channels_last, N, C, S = _geometry(x)
         cfg = _launch_config(N, C, S, channels_last, _device_index(x))
@@ -550,22 +698,27 @@ class _BnAct(torch.autograd.Function):
         y = torch.empty_like(x)
         stats = torch.empty((2, C), **f32)  # mean, rstd: saved for backward
         # (3) launch
+        n_all = None  # sync BN: the group's count per channel, for the backward
         if training:
             part = torch.empty((3, cfg["chunks"], C), **f32)
             _bn_stats_partial_kernel[grid](x, part, *dims, **blocks)
-            has_running = running_mean is not None
-            _bn_stats_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
-                part, stats,
-                running_mean if has_running else stats, running_var if has_running else stats,
-                C, cfg["chunks"], eps, momentum,
-                HAS_RUNNING=has_running, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"],
-                num_warps=4)
+            if group is not None:  # this rank's moments, gathered: the group's partials
+                moments = torch.empty((3, C), **f32)
+                _finalize_stats(part, moments, None, None, C, cfg["chunks"], eps, momentum,
+                                cfg["BLOCK_CF"], BLOCK_P=cfg["BLOCK_P"], moments=True)
+                part = _all_gather_stacked(moments, group).transpose(0, 1).contiguous()  # (3, W, C)
+                n_all = part[0].sum(0)  # (C,) the group's count, for the backward
+            _finalize_stats(part, stats, running_mean, running_var, C, part.shape[1], eps,
+                            momentum, cfg["BLOCK_CF"],
+                            BLOCK_P=cfg["BLOCK_P"] if group is None else
+                            min(cfg["BLOCK_P"], max(2, triton.next_power_of_2(part.shape[1]))))
             _bn_act_fwd_kernel[grid](x, y, stats[0], stats[1], w, b, stats, *dims, eps,
                                      negative_slope, ACT=act, FROM_RUNNING=False, **blocks)
         else:
             _bn_act_fwd_kernel[grid](x, y, running_mean, running_var, w, b, stats, *dims, eps,
                                      negative_slope, ACT=act, FROM_RUNNING=True, **blocks)
-        ctx.save_for_backward(x, w, b, stats)
+        ctx.save_for_backward(x, w, b, stats, *(() if n_all is None else (n_all,)))
+        ctx.group = group
         ctx.geometry = (channels_last, N, C, S)
         ctx.training, ctx.act, ctx.negative_slope = training, act, negative_slope
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -574,8 +727,9 @@ class _BnAct(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, w, b, stats = ctx.saved_tensors
+        x, w, b, stats, *n_all = ctx.saved_tensors
         channels_last, N, C, S = ctx.geometry
+        group = ctx.group
         need_dx = ctx.needs_input_grad[0]
         need_dw = ctx.needs_input_grad[1] and ctx.has_weight
         need_db = ctx.needs_input_grad[2] and ctx.has_bias
@@ -599,11 +753,15 @@ class _BnAct(torch.autograd.Function):
             dw = torch.empty(C, **f32) if need_dw else None
             db = torch.empty(C, **f32) if need_db else None
             coef = torch.empty((2, C), **f32) if need_coef else None
+            # sync BN: the rank's sums (inv_n 1), summed over the group, over the group's count
             _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
                 part, dw if need_dw else part, db if need_db else part,
-                coef if need_coef else part, C, cfg["chunks"], 1.0 / (N * S),
+                coef if need_coef else part, C, cfg["chunks"],
+                1.0 if group is not None else 1.0 / (N * S),
                 WRITE_DW=need_dw, WRITE_DB=need_db, WRITE_COEF=need_coef,
                 BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
+            if need_coef and group is not None:
+                _all_reduce_sum_(coef, group).div_(n_all[0])
         if need_dx:
             dx = torch.empty_like(x)
             _bn_act_bwd_dx_kernel[grid](x, dy, dx, stats, w, b, coef if need_coef else stats,
@@ -613,4 +771,4 @@ class _BnAct(torch.autograd.Function):
             dw = dw.to(w.dtype)
         if db is not None and db.dtype != b.dtype:
             db = db.to(b.dtype)
-        return dx, dw, db, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None

@@ -99,7 +99,11 @@ def variants(full: bool):
                 jobs = [
                     ("stats_partial", bn._bn_stats_partial_kernel, tile),
                     ("stats_finalize", bn._bn_stats_finalize_kernel,
-                     dict(HAS_RUNNING=True, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"])),
+                     dict(HAS_RUNNING=True, MOMENTS=False, BLOCK_P=cfg["BLOCK_P"],
+                          BLOCK_C=cfg["BLOCK_CF"])),
+                    ("stats_finalize sync-bn moments", bn._bn_stats_finalize_kernel,
+                     dict(HAS_RUNNING=False, MOMENTS=True, BLOCK_P=cfg["BLOCK_P"],
+                          BLOCK_C=cfg["BLOCK_CF"])),
                     ("fwd", bn._bn_act_fwd_kernel, dict(ACT=a, FROM_RUNNING=False, **tile)),
                     ("bwd_partial", bn._bn_act_bwd_partial_kernel, dict(ACT=a, **tile)),
                     ("bwd_finalize", bn._bn_act_bwd_finalize_kernel,

@@ -1,0 +1,227 @@
+"""Several processes: who this process is, and the few collectives training needs.
+
+Everything fastwgan knows about torch.distributed lives here (the BatchNorm kernel's two
+collectives, in kernels/bn_act.py, take a process group from the caller).
+
+Several processes (engine level)
+    ``torchrun`` starts one process per device and sets RANK, WORLD_SIZE, LOCAL_RANK and the
+    rendezvous variables; ``init_from_env`` turns them into a ``World`` and joins the process
+    group (NCCL on CUDA, gloo on a CPU). Without those variables it returns the world of one
+    process, with no process group, so ``python -m fastwgan.train`` is unchanged.
+
+    * ``--batch-size`` is the global batch: each rank takes ``split_batch(batch, world_size)``
+      images per step, so a critic step at any world size averages the gradient of as many
+      images as one process does.
+    * Both networks' weights are the same on every rank at all times: the initial weights are
+      broadcast from rank 0 (``broadcast_``), every rank applies the same averaged gradient, and
+      ``check_in_sync`` compares a bitwise checksum of the parameters across ranks (at log
+      intervals: it is a host sync).
+    * The reference engine wraps G and D in torch's DistributedDataParallel; the fast engine has
+      no wrapper: each optimizer averages its one flat gradient buffer with one all-reduce
+      (``all_reduce_mean_``) between backward and its update.
+    * BatchNorm normalises each rank's share of the batch by default (DDP's behaviour);
+      sync-bn normalises over the global batch: one collective per BatchNorm layer in the
+      forward and one in the backward.
+    * Every rank draws its own z and noise: ``seed_device_rng(seed, rank)`` after the models
+      are built (rank 0 keeps ``seed`` itself, so rank 0's stream is the single process's).
+    * Only ``is_writer`` (rank 0) writes files.
+
+Collectives block until every rank joins them or the process group's timeout passes
+(``init_from_env(timeout=...)``), so a rank that died stops the others with an error instead
+of a hang.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: the defaults)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None          # "nccl" or "gloo"; None without a process group
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there are other processes to talk to."""
+        return self.world_size > 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Rank 0 alone writes the run folder (config, metrics, samples, logs, checkpoints)."""
+        return self.rank == 0
+
+    def describe(self) -> str:
+        if not self.distributed:
+            return "1 process"
+        return f"{self.world_size} processes ({self.backend}), rank {self.rank}"
+
+
+SINGLE = World()
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(rank: int, world_size: int, device: torch.device | str, init_method: str = "env://",
+         local_rank: int = 0, backend: Optional[str] = None,
+         timeout: timedelta = DEFAULT_TIMEOUT) -> World:
+    """Join the process group (``init_method`` as for ``dist.init_process_group``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    if world_size == 1:
+        return World(device=device)
+    backend = backend or backend_for(device)
+    kw = {"device_id": device} if backend == "nccl" else {}
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timeout, **kw)
+    return World(rank, world_size, local_rank, backend, device)
+
+
+def init_from_env(device: torch.device | str = "cpu", timeout: timedelta = DEFAULT_TIMEOUT,
+                  environ: Mapping[str, str] = os.environ) -> World:
+    """The world torchrun describes in the environment; one process when it describes none.
+
+    ``device`` is the kind of device ("cuda" or "cpu"); on CUDA each rank takes the GPU of its
+    LOCAL_RANK."""
+    if not all(v in environ for v in _TORCHRUN_VARS):
+        return World(device=torch.device(device))
+    rank, world_size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+    return init(rank, world_size, device, "env://", int(environ["LOCAL_RANK"]), timeout=timeout)
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- the batch and the random streams -----------------------------------------------------------
+
+class BatchSplitError(ValueError):
+    """The global batch does not divide into equal shares (a usage error: one line, exit 2)."""
+
+
+def split_batch(global_batch: int, world_size: int) -> int:
+    """Each rank's share of ``--batch-size``; a one-line error naming the nearest valid sizes."""
+    if world_size < 1:
+        raise ValueError(f"world size must be at least 1 (got {world_size})")
+    if global_batch % world_size == 0 and global_batch >= world_size:
+        return global_batch // world_size
+    below = global_batch // world_size * world_size
+    above = below + world_size
+    nearest = " or ".join(str(b) for b in (below, above) if b >= world_size)
+    raise BatchSplitError(f"--batch-size {global_batch} does not split over {world_size} "
+                          f"processes: use a multiple of {world_size}, e.g. {nearest}")
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random streams: ``seed`` itself on rank 0, an independent
+    stream (numpy's SeedSequence of (seed, rank)) on the others."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence((seed, rank)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_device_rng(seed: int, world: World) -> None:
+    """Seed torch's generators (CPU and every CUDA device) for this rank: z and the device
+    sampler's indices differ across ranks. Call after the models are built (their initial
+    weights come from ``seed`` on every rank, then rank 0's are broadcast anyway)."""
+    torch.manual_seed(rank_seed(seed, world.rank))
+
+
+# --- collectives ----------------------------------------------------------------------------------
+
+def all_reduce_mean_(flat: torch.Tensor, world: World) -> torch.Tensor:
+    """Average ``flat`` over the ranks in place: one all-reduce (sum), then a scale.
+
+    A plain call on one tensor, so it is captured in a CUDA graph with the step around it
+    (NCCL supports capture). ``ReduceOp.AVG`` would save the scale but gloo lacks it; for a
+    power-of-two world size the scale is exact."""
+    if world.distributed:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.mul_(1.0 / world.world_size)
+    return flat
+
+
+def all_reduce_grads_mean_(params: Iterable[torch.Tensor], world: World) -> None:
+    """Average the ``.grad`` of ``params`` over the ranks with one all-reduce on a flat copy
+    (for optimizers without a flat gradient buffer: torch's Adam). Costs a gather and a scatter
+    copy of the gradients; a parameter without a gradient counts as a zero one, on every rank."""
+    if not world.distributed:
+        return
+    params = [p for p in params]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_mean_(flat, world)
+    torch._foreach_copy_(grads, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def broadcast_(tensors: Iterable[torch.Tensor], world: World, src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s (the initial weights, buffers)."""
+    if not world.distributed:
+        return
+    for t in tensors:
+        dist.broadcast(t.data, src)
+
+
+def broadcast_module_(module: torch.nn.Module, world: World, src: int = 0) -> None:
+    """Parameters and buffers (BatchNorm's running statistics) of ``module`` from rank ``src``."""
+    broadcast_(list(module.parameters()) + list(module.buffers()), world, src)
+
+
+class OutOfSync(RuntimeError):
+    """The ranks hold different weights: they would train different networks."""
+
+
+def checksum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A bitwise checksum (2,) int64 of float32 tensors: the sum of their bits read as int32,
+    and the same sum weighted by position (so that swapped values differ too). Exact integer
+    arithmetic: equal on two ranks if and only if (up to hash collisions) the bits are."""
+    total = None
+    for t in tensors:
+        bits = t.detach().reshape(-1).view(torch.int32).to(torch.int64)
+        weight = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64) % 65521 + 1
+        part = torch.stack([bits.sum(), (bits * weight).sum()])
+        total = part if total is None else total * 31 + part
+    if total is None:
+        raise ValueError("checksum of no tensors")
+    return total
+
+
+def check_in_sync(named: Mapping[str, Sequence[torch.Tensor]], world: World) -> None:
+    """Raise ``OutOfSync`` on every rank if some rank's tensors differ from rank 0's.
+
+    ``named`` maps a name ("critic") to its tensors (flat parameter buffers, or the parameters).
+    One all-gather of 2 integers per name, and a host sync: call it at log intervals."""
+    if not world.distributed:
+        return
+    mine = torch.stack([checksum(ts) for ts in named.values()])  # (K, 2)
+    gathered = [torch.empty_like(mine) for _ in range(world.world_size)]
+    dist.all_gather(gathered, mine)
+    sums = torch.stack(gathered).cpu()  # host sync
+    bad = [(name, r) for k, name in enumerate(named) for r in range(1, world.world_size)
+           if not torch.equal(sums[r, k], sums[0, k])]
+    if bad:
+        where = ", ".join(f"{name} on rank {r}" for name, r in bad)
+        raise OutOfSync(f"the weights differ across processes ({where} differ from rank 0's); "
+                        "the ranks would train different networks, so the run stops")
