@@ -82,6 +82,29 @@ def test_epoch_batches_shuffle_per_epoch_and_resume():
         assert [next(resumed) for _ in range(7 - start)] == first[start:]
 
 
+def test_epoch_batches_shards_make_up_the_global_batch():
+    whole = iter(EpochBatches(10, 4, seed=5, start=1))
+    shards = [iter(EpochBatches(10, 4, seed=5, start=1, shard=(r, 2))) for r in range(2)]
+    for _ in range(5):  # crosses epoch boundaries (2 batches of 4 per epoch of 10)
+        assert next(shards[0]) + next(shards[1]) == next(whole)
+    with pytest.raises(ValueError, match="does not split"):
+        EpochBatches(10, 4, seed=5, shard=(0, 3))
+
+
+@pytest.mark.parametrize("mode", ["stream", "resident"])
+def test_ranks_of_a_sharded_loader_draw_the_single_process_batches(tmp_path, mode):
+    make_good_folder(tmp_path / "d", n=10)
+    ds = open_dataset(str(tmp_path / "d"))
+    kw = dict(image_size=16, crop=None, batch_size=4, seed=3, device=torch.device("cpu"),
+              backend="pillow", mode=mode, workers=0, start=1)
+    one = Batches(ds, **kw)
+    ranks = [Batches(ds, shard=(r, 2), **kw) for r in range(2)]
+    assert ranks[0].batch_size == 2 and "2 images per process" in ranks[1].describe()
+    for _ in range(4):
+        assert torch.equal(torch.cat([next(r) for r in ranks]), next(one))
+    assert one.position == ranks[0].position == ranks[1].position == 5  # global batches
+
+
 def test_stream_and_resident_give_the_same_batches(tmp_path):
     make_good_folder(tmp_path / "d", n=10)
     ds = open_dataset(str(tmp_path / "d"))

@@ -103,21 +103,32 @@ class Batches:
 
     In resident mode ``sampler()`` gives a ``ResidentSampler`` over the same decoded images: i.i.d.
     draws on the device, CUDA-graph safe, for the captured training loop.
+
+    Several processes (``shard = (rank, world_size)``): ``batch_size`` is the global batch; each
+    rank gets its slice of every global batch (``batch_size / world_size`` images), so the ranks
+    together consume the images one process consumes, and ``position`` stays the global batch
+    number. In resident mode every rank keeps the whole decoded dataset (read from the cache
+    once it is written): its epoch-ordered batches are its slices, and its ``sampler()`` draws
+    i.i.d. from all of it with the rank's own device RNG.
     """
 
     def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int], batch_size: int,
                  seed: int, device: torch.device, mode: str = "auto", workers: int = -1,
-                 start: int = 0, progress: bool = False, backend: str = "auto"):
+                 start: int = 0, progress: bool = False, backend: str = "auto",
+                 shard: tuple[int, int] = (0, 1)):
         if len(dataset.files) < batch_size:
             raise DataError(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
                             f"fewer than one batch of {batch_size}")
-        self.device, self.position = device, start
+        self.device, self.position, self.shard = device, start, shard
+        self.global_batch = batch_size
+        batch_size //= shard[1]  # this rank's images per batch
         self.batch_size, self.from_cache, self.note, self.decoder = batch_size, False, "", ""
         self.data: Optional[torch.Tensor] = None  # resident mode: uint8 (N, H, W, 3) on device
         # resident mode: files that passed the scan but did not decode, each replaced by the next
         # one, as (path, reason); a stream warns as it meets them
         self.undecodable: list[tuple[str, str]] = []
-        args = (dataset.files, image_size, crop, batch_size, seed, device, mode, workers, start, progress)
+        args = (dataset.files, image_size, crop, self.global_batch, seed, device, mode, workers, start,
+                progress)
         self.backend = resolve_backend(backend)
         if self.backend == "dali":
             try:
@@ -143,10 +154,10 @@ class Batches:
             if device.type == "cuda":
                 data = data.to(device)
             self.data = data.permute(0, 2, 3, 1)  # an NHWC view, for sampler()
-            self._it: Iterator[torch.Tensor] = resident_batches(data, batch_size, seed, start)
+            self._it: Iterator[torch.Tensor] = resident_batches(data, batch_size, seed, start, self.shard)
         else:
             self._it = stream_batches(files, image_size, crop, batch_size, seed, start,
-                                      workers, pin_memory=device.type == "cuda")
+                                      workers, pin_memory=device.type == "cuda", shard=self.shard)
         self._convert = lambda batch: to_training(batch, self.device)
 
     def _start_dali(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
@@ -158,9 +169,11 @@ class Batches:
             self.data, self.from_cache = dali.load_resident_dali(
                 files, image_size, crop, cache_root() / "decoded", device, workers, progress,
                 failed=self.undecodable)
-            self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start)
+            self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start, self.shard)
         else:
-            self._it = dali.DaliStream(files, image_size, crop, batch_size, seed, device, start, workers)
+            rank, world_size = self.shard
+            self._it = dali.DaliStream(files, image_size, crop, batch_size // world_size, seed, device,
+                                       start, workers, shard_id=rank, num_shards=world_size)
         self._convert = dali.nhwc_to_training
         self.decoder = dali.decoder_name(device)
 
@@ -170,6 +183,9 @@ class Batches:
         text = f"{self.mode}, decoded by {where}"
         if self.from_cache:
             text += " (decoded images from the cache)"
+        if self.shard[1] > 1:
+            text += (f"; {self.batch_size} images per process of each global batch of "
+                     f"{self.global_batch}")
         if self.note:
             text += f"; {self.note}"
         return text

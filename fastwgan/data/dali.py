@@ -289,11 +289,12 @@ def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) ->
     return x if dtype == torch.float32 else x.to(dtype)
 
 
-def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int,
-                       start: int = 0) -> Iterator[torch.Tensor]:
+def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
+                       shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
     """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
-    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed."""
-    for idx in EpochBatches(len(data), batch_size, seed, start):
+    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed
+    (``shard``: this rank's slice of each global batch of ``batch_size``)."""
+    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
         yield data[torch.tensor(idx, device=data.device)]
 
 

@@ -30,13 +30,24 @@ class EpochBatches:
     Epoch ``e`` is ``randperm(n)`` from a generator seeded by (seed, e); the last incomplete batch
     of an epoch is dropped. Being a pure function of the batch number, a resumed run continues
     exactly where it stopped.
+
+    Several processes: ``batch_size`` is the global batch and ``shard = (rank, world_size)``
+    yields rank's equal slice of each global batch, so the ranks together draw the images one
+    process draws, step for step, and the batch number stays a global count (a run resumes at
+    the same images with any world size that divides the batch).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         if n < batch_size:
             raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
+        rank, world_size = shard
+        if not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(f"shard {rank} of {world_size} does not split a batch of {batch_size}")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.per_epoch = n // batch_size
+        self.local = batch_size // world_size            # images per rank and batch
+        self.offset = rank * self.local                  # where this rank's slice starts
 
     def _perm(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -47,7 +58,8 @@ class EpochBatches:
         while True:
             perm = self._perm(epoch)
             for i in range(b, self.per_epoch):
-                yield perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+                first = i * self.batch_size + self.offset
+                yield perm[first:first + self.local].tolist()
             epoch, b = epoch + 1, 0
 
 
@@ -118,12 +130,13 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, batch_size: int,
                    seed: int, start: int = 0, workers: int = -1, pin_memory: bool = False,
-                   ) -> Iterator[torch.Tensor]:
-    """Batches decoded by DataLoader worker processes, starting at batch number ``start``."""
+                   shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    """Batches decoded by DataLoader worker processes, starting at batch number ``start``
+    (``shard``: this rank's slice of each global batch of ``batch_size``, see ``EpochBatches``)."""
     workers = default_workers() if workers < 0 else workers
     loader = DataLoader(
         ImageFiles(files, image_size, crop),
-        batch_sampler=EpochBatches(len(files), batch_size, seed, start),
+        batch_sampler=EpochBatches(len(files), batch_size, seed, start, shard),
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -303,9 +316,11 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
     return arr, hit is not None
 
 
-def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
-    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming."""
-    for idx in EpochBatches(len(data), batch_size, seed, start):
+def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming
+    (``shard``: this rank's slice of each global batch)."""
+    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
         yield data[torch.tensor(idx, device=data.device)]
 
 
