@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, loaded with clear errors, resumed exactly.
 
 A checkpoint holds both networks, both optimizer states, the iteration, the data position, every
-RNG state and the config. It is written to a temporary file in the same folder, flushed to disk,
+RNG state and the config. Written by several processes, it also holds the world size and each
+rank's RNG state and loss sums (``rank_states``), so the same world size resumes exactly
+(``resume_point``). It is written to a temporary file in the same folder, flushed to disk,
 then renamed over the old one: a crash or a full disk mid-write never damages the last good one.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import io
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -84,7 +86,8 @@ FIELDS = {
     "data_position": (int, False),
     "rng": (dict, False),
 }
-OPTIONAL = {"format": int, "elapsed": (int, float), "log_accum": dict}
+OPTIONAL = {"format": int, "elapsed": (int, float), "log_accum": dict, "world_size": int,
+            "rank_states": list}
 
 
 def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
@@ -127,16 +130,32 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
             why = _optimizer_mismatch(ckpt[opt], [q for q in nets[net].parameters()])
             if why:
                 fail(f"its {opt!r} does not fit the {net}: {why}")
-    if "rng" in ckpt:
-        rng = ckpt["rng"]
-        if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("numpy"), (tuple, list))
-                and len(rng["numpy"]) == 5 and isinstance(rng.get("python"), (tuple, list))):
-            fail("its RNG states are incomplete")
+    if "rng" in ckpt and not _rng_complete(ckpt["rng"]):
+        fail("its RNG states are incomplete")
     acc = ckpt.get("log_accum")
-    if acc is not None and not (isinstance(acc.get("sums"), torch.Tensor) and acc["sums"].shape == (4,)
-                                and isinstance(acc.get("critic_steps"), int)
+    if acc is not None and not (_is_sums(acc.get("sums")) and isinstance(acc.get("critic_steps"), int)
                                 and isinstance(acc.get("gen_steps"), int)):
         fail("its 'log_accum' is incomplete")
+    world_size = ckpt.get("world_size", 1)
+    if isinstance(world_size, bool) or world_size < 1:
+        fail(f"its 'world_size' is not a positive integer ({world_size!r})")
+    if "rank_states" in ckpt:
+        states = ckpt["rank_states"]
+        if len(states) != world_size:
+            fail(f"it has {len(states)} ranks' states for a world size of {world_size}")
+        if not all(isinstance(r, dict) and _rng_complete(r.get("rng")) and _is_sums(r.get("sums"))
+                   for r in states):
+            fail("a rank's RNG state or loss sums are incomplete")
+
+
+def _rng_complete(rng: Any) -> bool:
+    return (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and isinstance(rng.get("numpy"), (tuple, list)) and len(rng["numpy"]) == 5
+            and isinstance(rng.get("python"), (tuple, list)))
+
+
+def _is_sums(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.shape == (4,)
 
 
 def _state_mismatch(state: dict, expected: dict[str, torch.Tensor]) -> str | None:
@@ -197,24 +216,65 @@ def _numpy_state() -> tuple:
     return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: Optional[torch.device] = None) -> dict[str, Any]:
+    """Every RNG state of this process. ``device``: a rank's own CUDA device, whose generator
+    alone is saved (a rank never touches the other GPUs); without it, every initialised device's."""
     state = {
         "torch": torch.get_rng_state(),
         "numpy": _numpy_state(),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if device is not None and device.type == "cuda":
+        state["cuda"] = [torch.cuda.get_rng_state(device)]
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: Optional[torch.device] = None) -> None:
+    """``rng_state``'s states restored. ``device``: a rank's own CUDA device, set from the saved
+    state of the device of its index (of the last one saved where there are fewer)."""
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if device is not None and device.type == "cuda":
+            saved = state["cuda"]
+            torch.cuda.set_rng_state(saved[min(device.index or 0, len(saved) - 1)], device)
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_entries(rngs: list[dict], sums: list[torch.Tensor]) -> dict[str, Any]:
+    """The checkpoint fields of a run of ``len(rngs)`` ranks: rank 0's RNG state as ``rng`` (what
+    one process resumes), and with several ranks every rank's RNG state and loss sums."""
+    entries: dict[str, Any] = {"world_size": len(rngs), "rng": rngs[0]}
+    if len(rngs) > 1:
+        entries["rank_states"] = [{"rng": r, "sums": s} for r, s in zip(rngs, sums)]
+    return entries
+
+
+def resume_point(ckpt: dict[str, Any], rank: int, world_size: int) -> tuple[Optional[dict], Optional[torch.Tensor], bool]:
+    """Rank ``rank``'s (RNG state, loss sums, exact) to resume ``ckpt`` with ``world_size`` ranks.
+
+    The world size that wrote it: each rank's own RNG state and sums, exact. Another one: rank 0's
+    RNG state for rank 0 and for the ranks the checkpoint has a state for, None for the others
+    (the caller seeds them afresh), and the mean of the ranks' sums (what the next metrics row
+    averages): the run continues, not bit for bit."""
+    saved = ckpt.get("world_size", 1)
+    acc = ckpt.get("log_accum")
+    mean_sums = acc["sums"] if acc is not None else None
+    states = ckpt.get("rank_states")
+    if saved == world_size:
+        if states is None:
+            return ckpt["rng"], mean_sums, True
+        return states[rank]["rng"], states[rank]["sums"], True
+    if rank == 0:
+        return ckpt["rng"], mean_sums, False
+    if states is not None and rank < len(states):
+        return states[rank]["rng"], mean_sums, False
+    return None, mean_sums, False
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, Config]:

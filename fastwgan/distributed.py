@@ -26,16 +26,27 @@ Several processes (engine level)
       are built (rank 0 keeps ``seed`` itself, so rank 0's stream is the single process's).
     * Only ``is_writer`` (rank 0) writes files.
 
+Several processes (the trainer)
+    * Host-side agreement (``any_rank``: a stop signal seen by some rank) and small objects
+      (``gather_to_writer``: every rank's RNG state for the checkpoint) go through ``control``, a
+      gloo group on the host: no device synchronisation, no NCCL object collectives.
+    * The loss sums are averaged at log time only (``mean_over_ranks``).
+    * A checkpoint is resumed exactly with the world size that wrote it (each rank gets its own
+      RNG state back); with another world size every rank continues from rank 0's state, or from
+      ``resume_seed`` where the checkpoint has none for it: not bit for bit, and the trainer says
+      so.
+
 Collectives block until every rank joins them or the process group's timeout passes
 (``init_from_env(timeout=...)``), so a rank that died stops the others with an error instead
-of a hang.
+of a hang (gloo notices a closed connection at once, a silent rank after the timeout; NCCL's
+watchdog aborts the process after the timeout). ``lost_peer`` recognises those errors.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +54,7 @@ import torch.distributed as dist
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+RESTART_VAR = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: 0, then 1, 2, ... after failures
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class World:
     local_rank: int = 0
     backend: Optional[str] = None          # "nccl" or "gloo"; None without a process group
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # the gloo group for host-side agreement and small objects (None: the default group)
+    control: Any = field(default=None, compare=False, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -92,7 +106,8 @@ def init(rank: int, world_size: int, device: torch.device | str, init_method: st
     kw = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timeout, **kw)
-    return World(rank, world_size, local_rank, backend, device)
+    control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    return World(rank, world_size, local_rank, backend, device, control)
 
 
 def init_from_env(device: torch.device | str = "cpu", timeout: timedelta = DEFAULT_TIMEOUT,
@@ -108,8 +123,18 @@ def init_from_env(device: torch.device | str = "cpu", timeout: timedelta = DEFAU
 
 
 def shutdown(world: World) -> None:
+    """Leave the process group (also after a failed collective: then it returns at once)."""
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def restart_count(environ: Mapping[str, str] = os.environ) -> int:
+    """How many times torchrun has restarted this job's processes (``--max-restarts``); 0 for a
+    first start or without torchrun."""
+    try:
+        return int(environ.get(RESTART_VAR, "0"))
+    except ValueError:
+        return 0
 
 
 # --- the batch and the random streams -----------------------------------------------------------
@@ -137,6 +162,12 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return seed
     return int(np.random.SeedSequence((seed, rank)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def resume_seed(seed: int, rank: int, iteration: int) -> int:
+    """A fresh seed for rank ``rank`` resuming at ``iteration`` from a checkpoint that holds no
+    RNG state for it (written with fewer ranks): independent of every stream the run drew."""
+    return int(np.random.SeedSequence((seed, rank, iteration, 1)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def seed_device_rng(seed: int, world: World) -> None:
@@ -225,3 +256,53 @@ def check_in_sync(named: Mapping[str, Sequence[torch.Tensor]], world: World) -> 
         where = ", ".join(f"{name} on rank {r}" for name, r in bad)
         raise OutOfSync(f"the weights differ across processes ({where} differ from rank 0's); "
                         "the ranks would train different networks, so the run stops")
+
+
+# --- the trainer's agreements -----------------------------------------------------------------------
+
+def any_rank(flag: bool, world: World) -> bool:
+    """Whether ``flag`` is true on some rank: one all-reduce of one integer on the host (the
+    control group), so that every rank takes the same decision at the same step, e.g. to stop
+    after a signal that reached some ranks only. No device synchronisation."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.control)
+    return bool(t.item())
+
+
+def gather_to_writer(obj: Any, world: World) -> Optional[list]:
+    """Every rank's ``obj`` (small and picklable: an RNG state) in rank order on rank 0, None on
+    the others; through the control group (host memory)."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size if world.is_writer else None
+    dist.gather_object(obj, out, dst=0, group=world.control)
+    return out
+
+
+def mean_over_ranks(t: torch.Tensor, world: World) -> torch.Tensor:
+    """A copy of ``t`` averaged over the ranks (the loss sums at a log point: one all-reduce)."""
+    out = t.clone()
+    return all_reduce_mean_(out, world)
+
+
+_LOST_PEER_SIGNS = ("gloo", "nccl", "connection reset", "connection closed", "timed out",
+                    "broken pipe", "watchdog")
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank died or stopped answering
+    (torch's DistError; gloo's and NCCL's RuntimeErrors: a closed connection, a timeout)."""
+    if isinstance(e, dist.DistError):
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in _LOST_PEER_SIGNS)
+
+
+def lost_peer_reason(e: BaseException) -> str:
+    """The backend's words for it, on one line, without its file paths and advice."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if text.startswith("[") and "] " in text:  # "[/path/gloo/pair.cc:537] Read error ..."
+        text = text.split("] ", 1)[1]
+    text = text.split(". This is typically", 1)[0]
+    return text if len(text) <= 160 else text[:157] + "..."
