@@ -28,6 +28,9 @@
 # Stage 2: bench-compile 120 s (the reference under torch.compile max-autotune), bench-bn-act-compile
 #   50 s (Inductor's fused BatchNorm rows), gpu-tests-full 60 s (the whole kernel matrix; the
 #   kernels compiled in stage 1 come from the Triton cache).
+#   bench-scaling 240 s  only where the machine has more than one GPU (else skipped, and
+#                        steps.txt says so): torchrun at 1, 2, 4, ... GPUs, the paper's config
+#                        and batch 256 at 128x128 (bench/test_bench_scaling.py)
 # The training-parity check (2,000 iterations per backend) needs a call of its own, a few minutes:
 #   python -m pytest -m "gpu and slow" tests/test_training_parity.py -s
 #
@@ -138,6 +141,13 @@ EOF
   step profile-fast 35 python bench/profile_step.py --engine fast-graphs --amp --out "$OUT/profile.md"
   step profile-ref 25 python bench/profile_step.py --engine reference --out "$OUT/profile.md"
   bench bench-data 30 bench/test_bench_data.py
+  GPUS=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
+  if [ "${GPUS:-0}" -gt 1 ]; then
+    bench bench-scaling 240 bench/test_bench_scaling.py
+  else
+    echo "bench-scaling: skipped, ${GPUS:-0} GPU on this machine (scaling needs at least 2)" \
+      | tee -a "$OUT/steps.txt"
+  fi
 else
   # Inductor's max-autotune compiles and times many kernel choices per convolution
   bench bench-compile 120 bench/test_bench_train.py -k compiled

@@ -27,6 +27,8 @@ COLUMNS = [  # (extra_info key, column title, format)
     ("tflops", "TFLOP/s", "{:,.2f}"),
     ("mfu", "MFU (bf16 peak)", "{:.1%}"),
     ("speedup_vs_reference_eager_fp32", "x eager fp32 ref", "{:.2f}"),
+    ("scaling_efficiency", "scaling eff.", "{:.0%}"),
+    ("allreduce_ms", "all-reduce ms (critic grads)", "{:.3f}"),
     ("recipe_projected_min", "paper recipe (min)", "{:,.1f}"),
 ]
 

@@ -128,6 +128,22 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> None:
+    """End a process of several ranks, after its work and ``shutdown``, without the interpreter's
+    teardown: measured with torch 2.13 and gloo on a CPU, about one clean two-rank run in four
+    aborted there ("terminate called without an active exception", exit -6, after every file was
+    written), which torchrun reports as a failed job. Output is flushed first; the kernel releases
+    files and locks; DataLoader workers notice their parent is gone and leave."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def restart_count(environ: Mapping[str, str] = os.environ) -> int:
     """How many times torchrun has restarted this job's processes (``--max-restarts``); 0 for a
     first start or without torchrun."""
