@@ -4,7 +4,10 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 
 * the blocks use the fused BatchNorm + activation kernel (``impl="triton"``) in channels_last;
 * the critic's optimizer is ``RMSpropClip`` with the clipping inside its update, the generator's
-  the same without clipping (``--loss gan``: torch's fused, capturable Adam);
+  the same without clipping (``--loss gan`` and ``wgan-gp``: torch's fused, capturable Adam);
+* ``--loss wgan-gp``: the penalty's double backward (eps drawn on the device) is captured with
+  the step. The critic has no BatchNorm then, so no fused bn_act under it (bn_act's backward is
+  once_differentiable); a critic block that had one would stay on its plain-PyTorch form;
 * real batches come from a ``ResidentSampler`` (the decoded dataset on the device, indices drawn
   on the device) and z is drawn on the device: no host work per step;
 * on CUDA, after one eager iteration on a side stream (which compiles every Triton kernel and
@@ -29,7 +32,7 @@ from torch import nn
 from fastwgan.config import Config
 from fastwgan.engine import Engine
 from fastwgan.models import set_impl
-from fastwgan.steps import StepConfig
+from fastwgan.steps import OBJECTIVES, StepConfig
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -46,8 +49,21 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str):
         return (RMSpropClip(G.parameters(), lr=cfg.learning_rate, clip=None, impl=impl),
                 RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl))
     cuda = next(G.parameters()).is_cuda
-    kw = dict(lr=cfg.learning_rate, betas=(0.5, 0.999), fused=cuda, capturable=cuda)
+    kw = dict(lr=cfg.learning_rate, betas=cfg.adam_betas, fused=cuda, capturable=cuda)
     return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
+
+
+def keep_twice_differentiable(D: nn.Module, loss: str) -> list[int]:
+    """For a loss that differentiates through D's input gradient (wgan-gp), the critic blocks
+    with BatchNorm go back to their plain-PyTorch form: the fused bn_act's backward is
+    once_differentiable. Returns their indices (none for the critics wgan-gp builds: no BatchNorm).
+    """
+    if not OBJECTIVES[loss].double_backward:
+        return []
+    plain = [i for i, b in enumerate(D.blocks) if b.bn is not None]
+    for i in plain:
+        set_impl(D.blocks[i], "ref")
+    return plain
 
 
 # Under torch's default "global" capture mode a CUDA call from *any* thread during the capture
@@ -88,6 +104,7 @@ class FastEngine(Engine):
         self.impl = impl or kernels_impl(device)
         set_impl(G, self.impl)
         set_impl(D, self.impl)
+        self.plain_critic_blocks = keep_twice_differentiable(D, cfg.loss)
         if device.type == "cuda":
             # before the optimizers: they lay the parameters out in flat buffers, keeping strides
             G.to(memory_format=torch.channels_last)
@@ -95,7 +112,7 @@ class FastEngine(Engine):
             torch.backends.cudnn.benchmark = True
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
+        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d)
         self.use_graphs = graphs and device.type == "cuda"
         # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;
@@ -171,4 +188,13 @@ class FastEngine(Engine):
     def describe(self) -> str:
         kernels = "Triton kernels" if self.impl == "triton" else "plain-PyTorch twins"
         mode = "CUDA graphs" if self.use_graphs else "eager"
-        return f"fast ({kernels}, {mode})"
+        return f"fast ({kernels}, {mode}{self._describe_penalty()})"
+
+    def _describe_penalty(self) -> str:
+        if not self.objective.double_backward:
+            return ""
+        if self.plain_critic_blocks:
+            names = ", ".join(f"blocks.{i}" for i in self.plain_critic_blocks)
+            return (f"; gradient penalty: critic {names} on plain PyTorch (bn_act has no double "
+                    "backward)")
+        return "; gradient penalty: critic without bn_act, double backward through torch ops"
