@@ -69,3 +69,20 @@ def test_fast_learns_as_well_as_reference_gpu(tmp_path, capsys):
     swd = train_both(tmp_path, ["--amp"], iters, n_eval)
     start = untrained_swd(Config(), n_eval, "cuda")
     check(swd, start, f"{iters} iterations (64x64, bf16)", capsys)
+
+
+@pytest.mark.slow
+def test_wgan_gp_learns_cpu(tmp_path, capsys):
+    """WGAN-GP at its defaults (Adam 1e-4, betas (0, 0.9), no warm-up phases, critic without
+    BatchNorm) moves far from the untrained generator; bench/RESULTS.md compares it with
+    weight clipping at the cpu preset's full size."""
+    iters, n_eval = 200, 512
+    out = tmp_path / "gp"
+    assert train.main(["--no-progress", "--preset", "cpu", "--ngf", "16", "--ndf", "16", "--loss", "wgan-gp",
+                       "--iters", str(iters), "--eval-every", str(iters), "--eval-n", str(n_eval),
+                       "--sample-every", str(iters), "--ckpt-every", str(iters), "--out", str(out)]) == 0
+    swd = final_swd(out)
+    start = untrained_swd(Config(image_size=32, ngf=16, ndf=16), n_eval)
+    with capsys.disabled():
+        print(f"\nSWD x1e3 of wgan-gp after {iters} iterations: {swd:.1f}; untrained generator {start:.1f}")
+    assert swd < 0.6 * start, (swd, start)
