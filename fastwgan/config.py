@@ -136,23 +136,25 @@ class Config:
 
     def resolved(self) -> "Config":
         """This config with every default that depends on ``--loss`` filled in (config.json shows
-        the values a run used)."""
-        return dataclasses.replace(self, **{name: self._loss_default(name) for name in LOSS_DEFAULTED
-                                            if name in LOSS_DEFAULTS[self.loss] or name == "n_critic_warmup"})
+        the values a run used; Adam's betas stay empty for wgan, which does not use Adam)."""
+        filled = {name: self._loss_default(name) for name in LOSS_DEFAULTED}
+        return dataclasses.replace(self, **{k: v for k, v in filled.items() if v is not None})
 
     def describe_loss(self) -> str:
-        """The loss and its settings, for train.log."""
-        steps = f"{self.n_critic} critic steps" + (
-            f" ({self.critic_warmup} in warm-up phases)" if self.warmup_phases else ", no warm-up phases")
-        if self.loss == "gan":
-            steps = "1 critic step"
-        optim = ("RMSprop" if self.loss == "wgan" else "Adam") + f" lr {self.learning_rate:g}"
-        if self.loss != "wgan":
-            optim += " betas ({:g}, {:g})".format(*self.adam_betas)
+        """The loss and every setting it trains with, for train.log."""
         detail = {"wgan": f"clip {self.clip:g}", "gan": "cross-entropy",
                   "wgan-gp": f"gradient penalty weight {self.gp_weight:g}"}[self.loss]
-        return (f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optim}, "
-                f"{steps}")
+        if self.loss == "wgan":
+            optimizer = f"RMSprop lr {self.learning_rate:g}"
+        else:
+            optimizer = "Adam lr {:g} betas ({:g}, {:g})".format(self.learning_rate, *self.adam_betas)
+        if self.loss == "gan":
+            steps = "1 critic step"
+        elif self.warmup_phases:
+            steps = f"{self.n_critic} critic steps ({self.critic_warmup} in warm-up phases)"
+        else:
+            steps = f"{self.n_critic} critic steps, no warm-up phases"
+        return f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optimizer}, {steps}"
 
     @property
     def steady_n_critic(self) -> int:
