@@ -154,7 +154,8 @@ class Config:
             steps = f"{self.n_critic} critic steps ({self.critic_warmup} in warm-up phases)"
         else:
             steps = f"{self.n_critic} critic steps, no warm-up phases"
-        return f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optimizer}, {steps}"
+        return (f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optimizer}, "
+                f"{steps}, z ~ N(0, 1) of size {self.nz}")
 
     @property
     def steady_n_critic(self) -> int:

@@ -181,12 +181,14 @@ def smoke(data, *flags):
 
 def test_run_logs_defaults_penalty_and_gradient_norm(tmp_path, data):
     out = tmp_path / "r"
-    assert train.main(smoke(data, "--out", out, "--iters", 2, "--critic-norm", "layer")) == 0
+    assert train.main(smoke(data, "--out", out, "--iters", 2, "--critic-norm", "layer", "--clip", 0.05)) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["lr"], cfg["adam_beta1"], cfg["adam_beta2"], cfg["gp_weight"]) == (1e-4, 0.0, 0.9, 10.0)
     assert cfg["critic_norm"] == "layer" and cfg["n_critic_warmup"] == cfg["n_critic"]
     log = (out / "train.log").read_text()
-    assert "loss: wgan-gp (gradient penalty weight 10, critic norm layer), Adam lr 0.0001 betas (0, 0.9)" in log
+    assert ("loss: wgan-gp (gradient penalty weight 10, critic norm layer), Adam lr 0.0001 betas (0, 0.9), "
+            "2 critic steps, no warm-up phases, z ~ N(0, 1) of size 100") in log
+    assert "instead of clipping: --clip ignored" in log
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         assert r["gp"] >= 0 and r["grad_norm"] > 0 and math.isfinite(r["wdist"])
