@@ -229,3 +229,31 @@ def test_resume_under_another_loss_is_refused(tmp_path, data, capsys):
         assert err == f"error: --loss {loss} differs from the checkpoint's wgan-gp; a resumed run keeps its networks and loss\n"
     assert train.main(["--resume", str(out), "--critic-norm", "layer", "--iters", "2"]) == 2
     assert ckpt_io.load(out)["iteration"] == 1
+
+
+@pytest.mark.slow  # about a minute under the Triton interpreter on a loaded 2-core CPU
+def test_fast_engine_with_triton_kernels_under_interpreter():
+    # the generator's fused BatchNorm + ReLU (interpreted), the critic on plain torch ops under
+    # the double backward: one iteration against the reference
+    from test_fast import TINY, run_both
+
+    cfg = Config(**{**TINY, "ngf": 4, "ndf": 4, "batch_size": 2, "n_critic_warmup": None, "lr": 1e-4},
+                 loss="wgan-gp")
+    ref, fast = run_both(cfg, iterations=[0], impl="triton")
+    assert fast.impl == "triton" and fast.plain_critic_blocks == []
+    assert "gradient penalty: critic without bn_act" in fast.describe()
+    torch.testing.assert_close(fast.sums, ref.sums, rtol=1e-4, atol=1e-6)
+    for a, b in [(ref.G, fast.G), (ref.D, fast.D)]:
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+
+
+def test_a_critic_with_batchnorm_keeps_plain_blocks_under_the_penalty():
+    # Config refuses --critic-norm batch with wgan-gp; an engine built around such a critic
+    # anyway keeps those blocks off the once-differentiable bn_act
+    from fastwgan.fast import keep_twice_differentiable
+
+    D = Critic(32, ndf=4, impl="triton")
+    assert keep_twice_differentiable(D, "wgan") == []
+    assert keep_twice_differentiable(D, "wgan-gp") == [1, 2]
+    assert [b.impl for b in D.blocks] == ["triton", "ref", "ref"]
