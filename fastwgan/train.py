@@ -119,7 +119,7 @@ class Interrupted(KeyboardInterrupt):
 # Per loss: the flags it does not use, and why.
 UNUSED_FLAGS = {
     "gan": (("n_critic", "n_critic_warmup", "clip", "gp_weight"),
-            "--loss gan takes one critic step per generator step and does not clip"),
+            "--loss gan takes one critic step per generator step, without clipping or penalty"),
     "wgan": (("gp_weight", "adam_beta1", "adam_beta2"),
              "--loss wgan clips the critic and trains with RMSprop"),
     "wgan-gp": (("clip",), "--loss wgan-gp penalises the critic's gradient instead of clipping"),
