@@ -47,7 +47,7 @@ examples:
 """
 
 # Flags that define the networks: a resumed run keeps the checkpoint's values.
-ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss")
+ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss", "critic_norm")
 N_SAMPLES = 64  # 8x8 grids
 
 
@@ -129,16 +129,23 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# Per loss: the flags it does not use, and why.
+UNUSED_FLAGS = {
+    "gan": (("n_critic", "n_critic_warmup", "clip", "gp_weight"),
+            "--loss gan takes one critic step per generator step, without clipping or penalty"),
+    "wgan": (("gp_weight", "adam_beta1", "adam_beta2"),
+             "--loss wgan clips the critic and trains with RMSprop"),
+    "wgan-gp": (("clip",), "--loss wgan-gp penalises the critic's gradient instead of clipping"),
+}
+
+
 def ignored_flags(args, cfg: Config) -> list[str]:
     """Flags the user gave that this config does not use."""
-    if cfg.loss != "gan":
-        return []
-    given = [f"--{n.replace('_', '-')}" for n in ("n_critic", "n_critic_warmup", "clip")
-             if getattr(args, n) is not None]
+    names, why = UNUSED_FLAGS[cfg.loss]
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
     if not given:
         return []
-    return [f"note: --loss gan takes one critic step per generator step and does not clip: "
-            f"{', '.join(given)} ignored"]
+    return [f"note: {why}: {', '.join(given)} ignored"]
 
 
 class Stop(Exception):
@@ -181,7 +188,7 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict],
         return cfg, None, ignored_flags(args, cfg)
     ckpt = ckpt_io.load(args.resume, resume=True)  # validated before anything is written
     source = ckpt_io.checkpoint_path(args.resume).parent
-    saved = Config.from_dict(ckpt["config"])
+    saved = Config.from_dict(ckpt["config"]).resolved()  # (older checkpoints lack later fields)
     for name in ARCHITECTURE:
         given = getattr(args, name)
         if given is not None and given != getattr(saved, name):
@@ -329,7 +336,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
     # --- models, optimizers, engine ---
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
-    D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers).to(device)
+    D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
+               norm=cfg.critic_normalization).to(device)
     if resume:  # before the engine: the fast one re-lays parameters into flat buffers
         G.load_state_dict(resume["generator"])
         D.load_state_dict(resume["critic"])
@@ -344,7 +352,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
             " (what the log above says of later iterations was not kept)" if in_place else ""))
     log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
-        f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
+        f"{cfg.describe_loss()}, batch {cfg.batch_size}, "
         f"{cfg.image_size}x{cfg.image_size}")
 
     if device.type == "cpu" and cfg.image_size >= 64 and cfg.iters - start_iter >= 10_000:
@@ -448,9 +456,10 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                 ips = images_since_log / max(now - t_log, 1e-9)
                 row = {
                     "iter": done, "time": round(now - t_start, 3),
-                    "wdist": (s[1] - s[2]) / n_crit if cfg.loss == "wgan" else None,
+                    "wdist": (s[1] - s[2]) / n_crit if engine.objective.wasserstein else None,
                     "loss_d": s[0] / n_crit, "loss_g": s[3] / n_gen,
                     "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
+                    **engine.objective.extra_means(s, n_crit),  # wgan-gp: gp, grad_norm
                     "critic_steps": n_crit, "img_per_s": round(ips, 1),
                 }
                 if evaluate:
@@ -459,6 +468,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                     now = time.perf_counter()  # the evaluation is not training time
                 metrics.append(row)
                 w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
+                if "gp" in row:
+                    w += f"GP {row['gp']:.3g}  |grad| {row['grad_norm']:.3g}  "
                 if evaluate:
                     w += f"SWD {row['swd']:.1f}  "
                 bar.set_postfix_str(f"{w}{ips:,.0f} img/s")

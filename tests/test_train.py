@@ -120,9 +120,11 @@ def test_odd_folder_trains(tmp_path, capsys):
 
 
 def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys):
-    from fastwgan import engine
+    import dataclasses
 
-    real_step = engine.generator_step
+    from fastwgan import steps
+
+    real_step = steps.generator_step
     calls = []
 
     def poisoned(G, D, opt, z, cfg):
@@ -134,7 +136,8 @@ def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys
             out["loss_g"] = out["loss_g"] * float("nan")
         return out
 
-    monkeypatch.setattr(engine, "generator_step", poisoned)
+    monkeypatch.setitem(steps.OBJECTIVES, "wgan",
+                        dataclasses.replace(steps.OBJECTIVES["wgan"], generator_step=poisoned))
     out = tmp_path / "r"
     assert run("--data", data, "--out", out, "--iters", 6, "--ckpt-every", 2) == 1
     err = capsys.readouterr().err
