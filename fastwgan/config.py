@@ -41,6 +41,13 @@ class Config:
     ckpt_every: int = _f(1000, "iterations between checkpoints (one is also written at the end)", "run")
     progress: bool = _f(True, "show a progress bar (in a terminal; a log gets a line per --log-every)", "run")
     overwrite: bool = _f(False, "start again in an --out that already holds a run", "run")
+    threads: int = _f(0, "CPU threads for torch's operations (0: torch's default, one per core, or "
+                      "OMP_NUM_THREADS); fewer than the cores is faster on a machine busy with "
+                      "other work", "run")
+    tensorboard: bool = _f(False, "also write TensorBoard event files into <out>/tb (needs the "
+                           "tensorboard package: pip install 'fastwgan[tensorboard]')", "run")
+    tb_histograms: int = _f(0, "with --tensorboard: histograms of every weight and gradient every N "
+                            "iterations (0: none)", "run")
 
     # --- data ---
     data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively "
@@ -124,6 +131,8 @@ class Config:
         need(self.nz >= 1 and self.ngf >= 1 and self.ndf >= 1, "--nz, --ngf and --ndf must be positive")
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
+        need(self.threads >= 0, f"--threads must be 0 (torch's default) or more (got {self.threads})")
+        need(self.tb_histograms >= 0, f"--tb-histograms must be 0 (none) or more (got {self.tb_histograms})")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
         need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
         for name in ("log_every", "sample_every", "ckpt_every"):
@@ -169,12 +178,20 @@ GROUP_TITLES = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a value not among the choices, not a number, an unknown flag) as a
+    ConfigError: one line and exit code 2 like every other bad value, not the whole usage."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def build_parser(prog: str = "python -m fastwgan.train", description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

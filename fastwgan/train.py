@@ -145,13 +145,48 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> Optional[bool]:
+    """Whether the CPU computes in bf16 natively, from the flags it reports (Linux): avx512_bf16 or
+    amx_bf16 on x86, bf16 on Arm. None where it does not say (another OS)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def amp_dtype(cfg: Config, device: torch.device, log) -> Optional[torch.dtype]:
     if not cfg.amp:
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log("warning: --amp: this GPU has no bf16 support; training in fp32")
         return None
+    if device.type == "cpu" and cpu_has_native_bf16() is False:
+        # on an AVX2-only CPU the reference ran 6x slower in bf16 autocast than in fp32
+        log("warning: --amp: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag), where "
+            "bf16 is several times slower than fp32; training in fp32")
+        return None
     return torch.bfloat16
+
+
+def set_threads(n: int) -> int:
+    """``--threads``: torch's intra-op CPU threads (0 keeps its default). The count in use, for the
+    log: OpenMP threads that outnumber the free cores of a busy machine wait on each other."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def dropped_rows(metrics_path: Path, iteration: int) -> int:
+    """Rows of ``metrics.jsonl`` logged after ``iteration``: what a resume from there drops."""
+    return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
 
 
 def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict], list[str]]:
@@ -242,6 +277,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         log(note)
     device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device, log)
+    threads = set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -293,10 +329,11 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         engine.opt_d.load_state_dict(resume["opt_d"])
         elapsed0 = resume.get("elapsed", 0.0)
         ckpt_io.set_rng_state(resume["rng"])
+        dropped = in_place and dropped_rows(out / "metrics.jsonl", start_iter) > 0
         log(f"resumed from iteration {start_iter}" + (
-            " (what the log above says of later iterations was not kept)" if in_place else ""))
+            " (what the log above says of later iterations was not kept)" if dropped else ""))
     log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
+        f"{threads} CPU threads, engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
         f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
         f"{cfg.image_size}x{cfg.image_size}")
 

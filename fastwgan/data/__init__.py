@@ -67,11 +67,22 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "dali" if dali_available() else "pillow"
     if backend == "dali" and not dali_available():
-        raise DataError("--data-backend dali: NVIDIA DALI is not installed (pip install "
-                        "nvidia-dali-cuda130, or nvidia-dali-cuda120 for a CUDA 12 driver)")
+        raise DataError(f"--data-backend dali: NVIDIA DALI is not installed ({DALI_INSTALL}, "
+                        "or pip install nvidia-dali-cuda120 for a CUDA 12 driver)")
     if backend not in ("dali", "pillow"):
         raise ValueError(f"unknown data backend {backend!r}")
     return backend
+
+
+DALI_INSTALL = "pip install 'fastwgan[dali]'"
+
+
+def dali_missing_note(requested: str, resolved: str, device: torch.device) -> str:
+    """What the log says when a CUDA run decodes with Pillow because DALI is not installed (an
+    extra since it weighs about 0.6 GB): empty otherwise."""
+    if requested == "auto" and resolved == "pillow" and device.type == "cuda":
+        return f"NVIDIA DALI is not installed, so JPEGs are decoded by Pillow on the CPU; for GPU decoding: {DALI_INSTALL}"
+    return ""
 
 
 def resolve_mode(mode: str, n_images: int, image_size: int, backend: str = "pillow",
@@ -118,6 +129,7 @@ class Batches:
         self.undecodable: list[tuple[str, str]] = []
         args = (dataset.files, image_size, crop, batch_size, seed, device, mode, workers, start, progress)
         self.backend = resolve_backend(backend)
+        self.note = dali_missing_note(backend, self.backend, device)
         if self.backend == "dali":
             try:
                 self._start_dali(*args)
