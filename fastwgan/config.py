@@ -117,6 +117,8 @@ class Config:
             if not ok:
                 raise ConfigError(msg)
 
+        self._validate_kinds()
+
         need(self.iters >= 1, f"--iters must be at least 1 (got {self.iters})")
         need(self.batch_size >= 2, f"--batch-size must be at least 2: BatchNorm needs 2 samples (got {self.batch_size})")
         need(self.image_size in IMAGE_SIZES,
@@ -141,6 +143,28 @@ class Config:
         need(self.preset is None or self.preset in PRESETS,
              f"unknown --preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         return self
+
+    def _validate_kinds(self) -> None:
+        """Types and choices, which the command line's parser checks: a Config built in Python
+        (``fastwgan.train(Config(...))``) is held to the same."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            optional = kind.startswith("Optional[")
+            if v is None and optional:
+                continue
+            ok = isinstance(v, kinds[kind.removeprefix("Optional[").rstrip("]")])
+            if ok and isinstance(v, bool) and kind != "bool":
+                ok = False  # True is an int to Python, not a count
+            if not ok:
+                what = {"int": "an integer", "float": "a number", "str": "a string",
+                        "bool": "True or False"}[kind.removeprefix("Optional[").rstrip("]")]
+                raise ConfigError(f"{_flag(f.name)} must be {what}{' or None' if optional else ''} "
+                                  f"(got {v!r})")
+            choices = f.metadata.get("choices") or (PRESETS if f.name == "preset" else None)
+            if choices and v not in choices:
+                raise ConfigError(f"{_flag(f.name)} must be one of {', '.join(map(str, choices))} "
+                                  f"(got {v!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,7 @@ Losses stay on the device and are read at log points only.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -14,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -189,12 +191,14 @@ def dropped_rows(metrics_path: Path, iteration: int) -> int:
     return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
 
 
-def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict], list[str]]:
+def parse_config(argv: Optional[Sequence[str]], given: Optional[dict] = None
+                 ) -> tuple[Config, Optional[dict], list[str]]:
     """The run's config, the checkpoint to resume from (or None), and notes for the log.
 
-    A resumed checkpoint gets ``source_dir``: the run folder it came from."""
+    ``given``: values set as if by flags (the Python API). A resumed checkpoint gets
+    ``source_dir``: the run folder it came from."""
     parser = build_parser(description=DESCRIPTION)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**(given or {})))
     if args.resume is None:
         cfg = config_from_args(args)
         if holds_run(cfg.out) and not cfg.overwrite:
@@ -508,6 +512,19 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """``from fastwgan import train`` gives this module (Python binds a package's submodule to its
+    name once it is imported), so the module itself calls the Python API: ``train(config)``."""
+
+    def __call__(self, config: Optional[Config] = None, **kwargs) -> dict:
+        from fastwgan.api import train as api_train
+
+        return api_train(config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
