@@ -31,6 +31,7 @@ from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
 from fastwgan.metrics import swd_for_training
 from fastwgan.outputs import MetricsLog, one_line_warnings, plot_losses, save_grid
+from fastwgan.tensorboard import EventLog
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
@@ -282,6 +283,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device, log)
     threads = set_threads(cfg.threads)
+    events = EventLog(cfg)  # --tensorboard
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -346,11 +348,13 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
     # --- outputs ---
     (out / "config.json").write_text(cfg.to_json() + "\n")
+    events.open(out, start_iter if resume else None, source)
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     if not (out / "real_samples.png").exists():
         # (files that do not decode were reported above, or are warned about by the stream)
         real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
         save_grid(real, out / "real_samples.png", nrow=8)
+        events.real_images(real)
     if cfg.eval_every:
         real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers,
                                   failed=[])
@@ -365,7 +369,9 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     def save_samples(iteration: int) -> None:
         G.eval()
         with torch.no_grad():
-            save_grid(G(fixed_z), out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            fake = G(fixed_z)
+            save_grid(fake, out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            events.images("samples", fake, iteration)
         G.train()
         plot_losses(metrics.read(), out / "loss.png", title=f"{cfg.loss}, {cfg.image_size}x{cfg.image_size}")
 
@@ -452,6 +458,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                     row["swd"], row["swd_levels"] = swd["mean"], swd["levels"]
                     now = time.perf_counter()  # the evaluation is not training time
                 metrics.append(row)
+                events.scalars(row)
                 w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
                 if evaluate:
                     w += f"SWD {row['swd']:.1f}  "
@@ -468,6 +475,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
             t_io = time.perf_counter()
             if done % cfg.sample_every == 0 or done == cfg.iters:
                 save_samples(done)
+            events.histograms({"G": G, "D": D}, done)
             if done % cfg.ckpt_every == 0 or done == cfg.iters or stop_signal:
                 save_checkpoint(done, time.perf_counter() - t_start)
             t_log += time.perf_counter() - t_io  # img/s counts training time only
@@ -477,6 +485,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                            f"python -m fastwgan.train --resume {out}", 128 + stop_signal[0])
     finally:
         bar.close()
+        events.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
