@@ -135,6 +135,8 @@ class Config:
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
         need(self.threads >= 0, f"--threads must be 0 (torch's default) or more (got {self.threads})")
         need(self.tb_histograms >= 0, f"--tb-histograms must be 0 (none) or more (got {self.tb_histograms})")
+        need(self.tensorboard or not self.tb_histograms, "--tb-histograms writes into the TensorBoard "
+             "events: add --tensorboard")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
         need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
         for name in ("log_every", "sample_every", "ckpt_every"):

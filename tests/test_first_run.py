@@ -43,6 +43,7 @@ def run(*args):
     ["--no-such-flag"],
     ["--threads", "-1"],
     ["--tb-histograms", "-2"],
+    ["--tb-histograms", "5"],     # without --tensorboard
 ])
 def test_bad_train_flag_is_one_line(argv, capsys):
     assert train.main(argv) == 2
@@ -50,7 +51,7 @@ def test_bad_train_flag_is_one_line(argv, capsys):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "usage" not in err
 
 
-@pytest.mark.parametrize("argv", [["--n", "x"], ["--device", "tpu"],
+@pytest.mark.parametrize("argv", [["--n", "x"], ["--device", "tpu"], ["--steps", "1"], ["--gif", "w.gif"],
                                   ["--seed", "-1"]])
 def test_bad_sample_flag_is_one_line(argv, capsys):
     assert sample.main(["runs/none", *argv]) == 2
