@@ -50,8 +50,8 @@ class Config:
                             "iterations (0: none)", "run")
 
     # --- data ---
-    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively "
-                             "(default: a built-in synthetic face dataset)", "data", metavar="DIR")
+    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively, or a .zip "
+                             "of them (default: a built-in synthetic face dataset)", "data", metavar="DIR")
     image_size: int = _f(64, "training resolution", "data", choices=IMAGE_SIZES)
     crop: Optional[int] = _f(None, "center crop before resizing (108 for CelebA; default: the shorter side)", "data")
     workers: int = _f(-1, "loader worker processes (-1: one per core, at most 8)", "data")

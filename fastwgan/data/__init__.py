@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from fastwgan.data.archive import archive_backend, from_archive, is_zip, scan_zip
 from fastwgan.data.files import DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
@@ -56,7 +57,7 @@ def open_dataset(data_dir: Optional[str], log=None) -> Dataset:
         root = ensure_synthetic_dataset(cache_root())
         scan = scan_images(root)
         return Dataset(root, scan.files, True, scan.bad)
-    scan = scan_images(data_dir)
+    scan = scan_zip(data_dir) if is_zip(data_dir) else scan_images(data_dir)
     return Dataset(scan.root, scan.files, False, scan.bad)
 
 
@@ -130,6 +131,8 @@ class Batches:
         args = (dataset.files, image_size, crop, batch_size, seed, device, mode, workers, start, progress)
         self.backend = resolve_backend(backend)
         self.note = dali_missing_note(backend, self.backend, device)
+        if from_archive(dataset.files):
+            self.backend, self.note = archive_backend(backend)
         if self.backend == "dali":
             try:
                 self._start_dali(*args)

@@ -155,7 +155,8 @@ def center_crop_resize(im: Image.Image, image_size: int, crop: int | None) -> Im
 def load_image(path: str | os.PathLike, image_size: int, crop: int | None) -> np.ndarray:
     """Decode one file to a (H, W, 3) uint8 array with the training preprocessing."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
+    # a member of a zip (fastwgan.data.archive.ZipMember) gives its bytes
+    with Image.open(path.open_bytes() if hasattr(path, "open_bytes") else path) as im:
         im = _to_rgb(im)
         im = center_crop_resize(im, image_size, crop)
         return np.asarray(im, dtype=np.uint8).copy()
