@@ -13,6 +13,7 @@ from pathlib import Path
 
 COLUMNS = [  # (extra_info key, column title, format)
     ("img_per_s", "img/s", "{:,.0f}"),
+    ("pairs_per_s", "pairs/s", "{:,.0f}"),
     ("gen_iters_per_s", "gen it/s", "{:,.1f}"),
     ("gb_per_s", "GB/s", "{:,.1f}"),
     ("gbps", "GB/s", "{:,.1f}"),
