@@ -153,14 +153,15 @@ class Config:
         for f in dataclasses.fields(self):
             v, kind = getattr(self, f.name), str(f.type)
             optional = kind.startswith("Optional[")
-            if v is None and optional:
+            base = kind.removeprefix("Optional[").rstrip("]")
+            if (v is None and optional) or base not in kinds:  # (another kind: its own check)
                 continue
-            ok = isinstance(v, kinds[kind.removeprefix("Optional[").rstrip("]")])
+            ok = isinstance(v, kinds[base])
             if ok and isinstance(v, bool) and kind != "bool":
                 ok = False  # True is an int to Python, not a count
             if not ok:
                 what = {"int": "an integer", "float": "a number", "str": "a string",
-                        "bool": "True or False"}[kind.removeprefix("Optional[").rstrip("]")]
+                        "bool": "True or False"}[base]
                 raise ConfigError(f"{_flag(f.name)} must be {what}{' or None' if optional else ''} "
                                   f"(got {v!r})")
             choices = f.metadata.get("choices") or (PRESETS if f.name == "preset" else None)
