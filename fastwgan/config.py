@@ -55,10 +55,17 @@ class Config:
     ckpt_every: int = _f(1000, "iterations between checkpoints (one is also written at the end)", "run")
     progress: bool = _f(True, "show a progress bar (in a terminal; a log gets a line per --log-every)", "run")
     overwrite: bool = _f(False, "start again in an --out that already holds a run", "run")
+    threads: int = _f(0, "CPU threads for torch's operations (0: torch's default, one per core, or "
+                      "OMP_NUM_THREADS); fewer than the cores is faster on a machine busy with "
+                      "other work", "run")
+    tensorboard: bool = _f(False, "also write TensorBoard event files into <out>/tb (needs the "
+                           "tensorboard package: pip install 'fastwgan[tensorboard]')", "run")
+    tb_histograms: int = _f(0, "with --tensorboard: histograms of every weight and gradient every N "
+                            "iterations (0: none)", "run")
 
     # --- data ---
-    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively "
-                             "(default: a built-in synthetic face dataset)", "data", metavar="DIR")
+    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively, or a .zip "
+                             "of them (default: a built-in synthetic face dataset)", "data", metavar="DIR")
     image_size: int = _f(64, "training resolution", "data", choices=IMAGE_SIZES)
     crop: Optional[int] = _f(None, "center crop before resizing (108 for CelebA; default: the shorter side)", "data")
     workers: int = _f(-1, "loader worker processes (-1: one per core, at most 8)", "data")
@@ -180,6 +187,8 @@ class Config:
             if not ok:
                 raise ConfigError(msg)
 
+        self._validate_kinds()
+
         need(self.iters >= 1, f"--iters must be at least 1 (got {self.iters})")
         need(self.batch_size >= 2, f"--batch-size must be at least 2: BatchNorm needs 2 samples (got {self.batch_size})")
         need(self.image_size in IMAGE_SIZES,
@@ -203,6 +212,10 @@ class Config:
         need(self.nz >= 1 and self.ngf >= 1 and self.ndf >= 1, "--nz, --ngf and --ndf must be positive")
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
+        need(self.threads >= 0, f"--threads must be 0 (torch's default) or more (got {self.threads})")
+        need(self.tb_histograms >= 0, f"--tb-histograms must be 0 (none) or more (got {self.tb_histograms})")
+        need(self.tensorboard or not self.tb_histograms, "--tb-histograms writes into the TensorBoard "
+             "events: add --tensorboard")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
         need(self.max_pixels >= 1, f"--max-pixels must be at least 1 (got {self.max_pixels})")
         need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
@@ -212,6 +225,29 @@ class Config:
         need(self.preset is None or self.preset in PRESETS,
              f"unknown --preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         return self
+
+    def _validate_kinds(self) -> None:
+        """Types and choices, which the command line's parser checks: a Config built in Python
+        (``fastwgan.train(Config(...))``) is held to the same."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            optional = kind.startswith("Optional[")
+            base = kind.removeprefix("Optional[").rstrip("]")
+            if (v is None and optional) or base not in kinds:  # (another kind: its own check)
+                continue
+            ok = isinstance(v, kinds[base])
+            if ok and isinstance(v, bool) and kind != "bool":
+                ok = False  # True is an int to Python, not a count
+            if not ok:
+                what = {"int": "an integer", "float": "a number", "str": "a string",
+                        "bool": "True or False"}[base]
+                raise ConfigError(f"{_flag(f.name)} must be {what}{' or None' if optional else ''} "
+                                  f"(got {v!r})")
+            choices = f.metadata.get("choices") or (PRESETS if f.name == "preset" else None)
+            if choices and v not in choices:
+                raise ConfigError(f"{_flag(f.name)} must be one of {', '.join(map(str, choices))} "
+                                  f"(got {v!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,12 +285,20 @@ GROUP_TITLES = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a value not among the choices, not a number, an unknown flag) as a
+    ConfigError: one line and exit code 2 like every other bad value, not the whole usage."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def build_parser(prog: str = "python -m fastwgan.train", description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("nvidia.dali")
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
 
 from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
                            resolve_mode)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import outputs, runfolder, sample, train
+from fastwgan import sample, train
 from fastwgan.runfolder import RunFolderError, RunLock
 
 from oddfiles import make_good_folder

@@ -341,7 +341,7 @@ def test_damaged_jpeg_is_reported_once(tmp_path, backend, capsys):
     """A JPEG with good markers but damaged data passes the scan; the resident decode replaces it
     by the next image and says so in one line, on the first run and from the cache alike."""
     if backend == "dali":
-        pytest.importorskip("nvidia.dali")
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
     files = make_good_folder(tmp_path / "d", n=10)
     raw = bytearray(files[3].read_bytes())
     rng = __import__("random").Random(0)
