@@ -14,20 +14,10 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import sample
 from fastwgan.config import ConfigError
 
-from oddfiles import make_good_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def data(tmp_path):
-    make_good_folder(tmp_path / "data", n=10)
-    return str(tmp_path / "data")
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_import_is_light():

@@ -20,9 +20,7 @@ from oddfiles import make_good_folder
 TINY = ["--preset", "smoke", "--no-progress", "--workers", "0", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def zip_folder(folder: Path, zpath: Path, extra: dict | None = None, compress=zipfile.ZIP_DEFLATED) -> Path:

@@ -9,9 +9,7 @@ from fastwgan.models import Generator
 from oddfiles import make_good_folder
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_slerp_ends_and_great_circle():

@@ -9,28 +9,17 @@ import pytest
 from fastwgan import train
 from fastwgan.tensorboard import SCALAR_TAGS, scalar_items
 
-from oddfiles import make_good_folder
+import tiny
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
     reason="tensorboard is not installed (pip install 'fastwgan[tensorboard]')")
 
-TINY = ["--preset", "smoke", "--no-progress", "--workers", "0", "--tensorboard"]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def data(tmp_path):
-    make_good_folder(tmp_path / "data", n=10)
-    return str(tmp_path / "data")
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def run(*args):
-    return train.main([*TINY, *map(str, args)])
+    return tiny.run("--tensorboard", *args)
 
 
 def read_events(out):
@@ -109,5 +98,5 @@ def test_missing_package_is_one_line(tmp_path, data, monkeypatch, capsys):
 
 
 def test_off_by_default(tmp_path, data):
-    assert train.main([*TINY[:-1], "--data", data, "--out", str(tmp_path / "r"), "--iters", "1"]) == 0
+    assert train.main([*tiny.TINY, "--data", data, "--out", str(tmp_path / "r"), "--iters", "1"]) == 0
     assert not (tmp_path / "r" / "tb").exists()
