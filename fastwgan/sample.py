@@ -22,7 +22,6 @@ if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line 
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -33,7 +32,7 @@ import torch
 from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
 from fastwgan.config import ConfigError, OneLineParser
 from fastwgan.outputs import grid_format, make_grid, save_grid
-from fastwgan.runfolder import is_write_failure, write_failure
+from fastwgan.runfolder import atomic_write, is_write_failure, write_failure
 
 # The sample noise has a stream of its own (numpy's SeedSequence of (NOISE_STREAM, seed), PCG64),
 # so that no --seed reproduces the training grid, which is drawn with torch's generator from the
@@ -121,11 +120,8 @@ def save_gif(walk: torch.Tensor, path: str | Path, ms_per_frame: int = 120) -> P
     frames += frames[-2:0:-1]  # back again, without repeating the ends
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # written whole or not at all, as grids
-    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame,
-                   loop=0)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: frames[0].save(  # whole or not at all, as the grids
+        tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0))
 
 
 def check_args(args) -> None:
