@@ -37,7 +37,10 @@ setup(
         # --tensorboard: TFEvents written with torch.utils.tensorboard, which needs this package.
         "tensorboard": ["tensorboard>=2.10"],
         # scipy: the two cross-checks of the metrics (Gaussian blur, matrix square root for FID).
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "numpy<2.4", "scipy>=1.9"],
+        # DALI and tensorboard: their code paths run in the tests too (DALI's CPU decoder stands
+        # in for nvJPEG; the event files are read back with tensorboard's reader).
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "numpy<2.4", "scipy>=1.9",
+                 DALI, "tensorboard>=2.10"],
     },
     entry_points={
         "console_scripts": [
