@@ -1,6 +1,9 @@
 """fastwgan: a fast, checked Wasserstein GAN trainer (Arjovsky et al. 2017) for PyTorch."""
 from setuptools import setup
 
+# nvidia-dali-cuda130 is installed where its wheels are used (Linux x86_64).
+DALI = "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'"
+
 setup(
     name="fastwgan",
     version="0.1.0",
@@ -20,17 +23,24 @@ setup(
         "tqdm>=4.60",
         # loss.png: the standard plotting library (Agg backend, no display needed)
         "matplotlib>=3.5",
-        # JPEG decoding on the GPU (--data-backend dali); CPU-only pipelines work without a GPU.
-        # A dependency on Linux x86_64, optional elsewhere (the `dali` extra where a wheel exists;
-        # without it the Pillow loader is used). The CUDA 13 build needs a CUDA 13 driver: with a
-        # CUDA 12 driver install nvidia-dali-cuda120 instead (README, "Data").
-        "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # Triton ships with CUDA builds of torch; the CPU interpreter needs it installed on its own.
         "triton": ["triton>=3.0"],
-        "dali": ["nvidia-dali-cuda130"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "numpy<2.4"],
+        # JPEG decoding on the GPU (--data-backend dali; CPU-only pipelines work without a GPU).
+        # An extra, not a dependency: it weighs about 0.6 GB installed, which a CPU quick start
+        # does not need; without it the Pillow loader is used. The CUDA 13 build needs a CUDA 13
+        # driver: with a CUDA 12 driver install nvidia-dali-cuda120 instead (README, "Data").
+        "dali": [DALI],
+        # What the GPU section of the README installs.
+        "gpu": [DALI],
+        # --tensorboard: TFEvents written with torch.utils.tensorboard, which needs this package.
+        "tensorboard": ["tensorboard>=2.10"],
+        # scipy: the two cross-checks of the metrics (Gaussian blur, matrix square root for FID).
+        # DALI and tensorboard: their code paths run in the tests too (DALI's CPU decoder stands
+        # in for nvJPEG; the event files are read back with tensorboard's reader).
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "numpy<2.4", "scipy>=1.9",
+                 DALI, "tensorboard>=2.10"],
     },
     entry_points={
         "console_scripts": [

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from summarize import comparison_table, derived_units_table
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -75,3 +77,23 @@ def _write_row_when_done(request):
            "extra_info": bm.extra_info, "finished": time.strftime("%H:%M:%S")}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, default=str) + "\n")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
+def pytest_terminal_summary(terminalreporter, config):
+    """The derived units of every benchmark that ran, and the end-to-end comparison (img/s,
+    speed-up against the eager fp32 reference, the paper recipe's projected time), reference row
+    first: what pytest-benchmark's tables of seconds leave out."""
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, where it is loaded
+    done = [b.as_dict(include_data=False) for b in getattr(session, "benchmarks", []) if b]
+    if not done:
+        return
+    comparison = comparison_table(done)
+    others = [(Path(b["fullname"].split("::")[0]).stem, b) for b in done
+              if "speedup_vs_reference_eager_fp32" not in b.get("extra_info", {})]
+    if others:
+        terminalreporter.write_sep("-", "derived units")
+        terminalreporter.write(derived_units_table(others))
+    if comparison:
+        terminalreporter.write_sep("-", "end to end: against the eager fp32 reference")
+        terminalreporter.write(comparison)

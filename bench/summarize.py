@@ -17,6 +17,7 @@ from pathlib import Path
 
 COLUMNS = [  # (extra_info key, column title, format)
     ("img_per_s", "img/s", "{:,.0f}"),
+    ("pairs_per_s", "pairs/s", "{:,.0f}"),
     ("gen_iters_per_s", "gen it/s", "{:,.1f}"),
     ("gb_per_s", "GB/s", "{:,.1f}"),
     ("gbps", "GB/s", "{:,.1f}"),
@@ -53,6 +54,19 @@ def rows(paths):
 
 
 def table(paths) -> str:
+    return derived_units_table([(stem, b) for stem, _machine, b in rows(paths)])
+
+
+def _mean(b) -> str:
+    info = b.get("extra_info") or {}
+    if info.get("timing"):  # timed by the row itself (e.g. replays of a CUDA graph): per call
+        return f"{info['us']:,.1f} us ({info['timing']})"
+    mean = b["stats"]["mean"]
+    return f"{mean * 1e3:.3f} ms" if mean >= 1e-3 else f"{mean * 1e6:.1f} us"
+
+
+def derived_units_table(benchmarks) -> str:
+    """``benchmarks``: (source, benchmark dict as in pytest-benchmark's JSON) pairs."""
     titles = []
     for _, t, _ in COLUMNS:
         if t not in titles:
@@ -60,7 +74,7 @@ def table(paths) -> str:
     lines = ["| file | benchmark | mean | " + " | ".join(titles) + " |",
              "|" + " --- |" * (3 + len(titles))]
     device = None
-    for stem, _machine, b in rows(paths):
+    for stem, b in benchmarks:
         info = b.get("extra_info", {})
         device = device or info.get("device")
         cells = {}
@@ -68,13 +82,32 @@ def table(paths) -> str:
             v = info.get(key)
             if v is not None and title not in cells:
                 cells[title] = fmt.format(v)
-        mean = b["stats"]["mean"]
-        mean_s = f"{mean * 1e3:.3f} ms" if mean >= 1e-3 else f"{mean * 1e6:.1f} us"
-        if info.get("timing"):  # timed by the row itself (e.g. replays of a CUDA graph): per call
-            mean_s = f"{info['us']:,.1f} us ({info['timing']})"
-        lines.append(f"| {stem} | {b['name']} | {mean_s} | " + " | ".join(cells.get(t, "") for t in titles) + " |")
+        lines.append(f"| {stem} | {b['name']} | {_mean(b)} | " + " | ".join(cells.get(t, "") for t in titles) + " |")
     head = f"device: {device}\n\n" if device else ""
     return head + "\n".join(lines) + "\n"
+
+
+REFERENCE = "reference eager fp32"  # the engine every end-to-end row's speed-up is taken against
+
+
+def comparison_table(benchmarks) -> str:
+    """The end-to-end rows (those with a speed-up against the reference), the reference first:
+    engine, img/s, speed-up, the paper recipe's projected time. Empty when there are none."""
+    e2e = [b for b in benchmarks if "speedup_vs_reference_eager_fp32" in b.get("extra_info", {})]
+    if not e2e:
+        return ""
+    e2e.sort(key=lambda b: b["extra_info"].get("engine") != REFERENCE)  # stable: run order after
+    info0 = e2e[0]["extra_info"]
+    lines = [f"device: {info0.get('device', '?')}, batch {info0.get('batch', '?')}, "
+             f"{info0.get('image_size', '?')}x{info0.get('image_size', '?')}, width {info0.get('width', '?')}",
+             "",
+             "| engine | img/s | x eager fp32 ref | paper recipe (min) |",
+             "| --- | --- | --- | --- |"]
+    for b in e2e:
+        i = b["extra_info"]
+        lines.append(f"| {i.get('engine', b['name'])} | {i['img_per_s']:,.0f} | "
+                     f"{i['speedup_vs_reference_eager_fp32']:.2f} | {i['recipe_projected_min']:,.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def test_pillow_stream(benchmark, bench_device, celeba_like):
 
 def need_dali():
     if not dali_available():
-        pytest.skip("NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
+        pytest.skip("NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
 
 
 def test_dali_stream_cpu(benchmark, celeba_like):

@@ -10,7 +10,8 @@ test_bench_data.py).
 
 Rows, all in one run on one device: the reference eager in fp32 and bf16, the reference under
 ``torch.compile(mode="max-autotune")``, the fast engine without graphs, and with graphs in fp32
-and bf16. ``extra_info`` carries img/s, gen_iters/s, the achieved TFLOP/s (the convolutions'
+and bf16; for ``--loss wgan-gp`` (its defaults: no warm-up phases, critic without BatchNorm) the
+reference eager and the fast engine with graphs, in fp32, the latter's ratio taken to the former. ``extra_info`` carries img/s, gen_iters/s, the achieved TFLOP/s (the convolutions'
 operations as torch's FlopCounterMode counts them: about 1.65 GFLOP per real image at 64x64) and,
 on a GPU whose peak is known, the model FLOPs utilisation against its dense bf16 peak, the
 ratio to the eager fp32 reference of the same run (when it ran first, as it does in file order) and
@@ -26,6 +27,7 @@ import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastwgan.config import Config
 from fastwgan.data.dali import ResidentSampler
@@ -37,8 +39,8 @@ from fastwgan.steps import StepConfig, critic_step, make_optimizers
 from conftest import device_name, synced
 
 RECIPE_ITERS, RECIPE_PHASES = 100_000, 224  # 25 first + 199 multiples of 500 (FACTS.md)
-_BASELINE: dict[str, float] = {}  # device -> eager fp32 reference seconds per iteration
-_FLOPS: dict[str, int] = {}  # device -> floating-point operations of one iteration (n_critic 5)
+_BASELINE: dict[str, float] = {}  # device [loss] -> eager fp32 reference seconds per iteration
+_FLOPS: dict[str, int] = {}  # device [loss] -> floating-point operations of one iteration (n_critic 5)
 _DATA: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}  # (device, size) -> (images, loader)
 # dense bf16 tensor-core peaks by datasheet (TFLOP/s), most specific name first: the denominator of
 # the model FLOPs utilisation (MFU) of every row, fp32 rows included
@@ -70,12 +72,13 @@ def sizes(device):
     return dict(image_size=32, ngf=16, ndf=16, batch_size=16)
 
 
-def make(device, engine: str, amp: bool, compile_mode: str | None = None):
+def make(device, engine: str, amp: bool, compile_mode: str | None = None, loss: str = "wgan"):
     s = sizes(device)
-    cfg = Config(**s, n_critic=5, n_critic_warmup=100)
+    # wgan: the paper's 100-step phases; wgan-gp: its own default, none
+    cfg = Config(**s, n_critic=5, n_critic_warmup=100 if loss == "wgan" else None, loss=loss)
     torch.manual_seed(0)
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf).to(device)
+    D = Critic(cfg.image_size, cfg.ndf, norm=cfg.critic_normalization).to(device)
     data, _ = real_images(device, cfg.image_size)
     # each engine's own layout: the reference's modules are NCHW, the fast engine's channels_last
     # on CUDA (NCHW on a CPU)
@@ -92,9 +95,13 @@ def make(device, engine: str, amp: bool, compile_mode: str | None = None):
     return cfg, FastEngine(cfg, G, D, sampler, device, dtype, graphs=engine == "fast-graphs")
 
 
-def baseline_seconds(device, rounds: int = 5) -> float:
+def row_key(device, loss: str) -> str:
+    return str(device) if loss == "wgan" else f"{device} {loss}"
+
+
+def baseline_seconds(device, rounds: int = 5, loss: str = "wgan") -> float:
     """Seconds per generator iteration of the eager fp32 reference, timed by hand."""
-    cfg, eng = make(device, "reference", amp=False)
+    cfg, eng = make(device, "reference", amp=False, loss=loss)
     run = synced(lambda: eng.iteration(cfg.n_critic), device)
     run()
     t0 = time.perf_counter()
@@ -103,37 +110,58 @@ def baseline_seconds(device, rounds: int = 5) -> float:
     return (time.perf_counter() - t0) / rounds
 
 
-def iteration_flops(device) -> int:
+def iteration_flops(device, loss: str = "wgan") -> int:
     """Operations of one generator iteration (5 critic steps and the generator step) as torch's
     FlopCounterMode counts them (convolutions forward and backward, 2 per multiply-add), on a
     throwaway engine: the work every engine does, whatever its kernels."""
-    key = str(device)
+    key = row_key(device, loss)
     if key not in _FLOPS:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        cfg, eng = make(device, "reference", amp=False)
-        with FlopCounterMode(display=False) as counter:
+        cfg, eng = make(device, "reference", amp=False, loss=loss)
+        with FlopCount() as counter:
             eng.iteration(cfg.n_critic)
-        _FLOPS[key] = counter.get_total_flops()
+        _FLOPS[key] = counter.total
     return _FLOPS[key]
+
+
+class FlopCount(TorchDispatchMode):
+    """FlopCounterMode's formulas without its module tracker, whose backward hooks fail inside
+    the gradient penalty's torch.autograd.grad (torch 2.13: "A leaf node was passed to
+    _will_engine_execute_node ...")."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils.flop_counter import flop_registry
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def measure(benchmark, device, cfg, eng, label):
     run5 = synced(lambda: eng.iteration(cfg.n_critic), device)
-    run100 = synced(lambda: eng.iteration(cfg.n_critic_warmup), device)
+    run100 = synced(lambda: eng.iteration(cfg.critic_warmup), device)
     for _ in range(2):  # warm-up: compilation, cuDNN algorithm search, graph capture
         run5()
     cpu = device.type == "cpu"
     benchmark.pedantic(run5, rounds=15 if cpu else 30, iterations=1 if cpu else 5)
     t5 = benchmark.stats.stats.mean
-    t0 = time.perf_counter()
-    run100()
-    t100 = time.perf_counter() - t0
-    key = str(device)
-    if label == "reference eager fp32":
+    t100 = None
+    if cfg.warmup_phases:  # (wgan-gp has none: its fast engine captures no step graphs for them)
+        t0 = time.perf_counter()
+        run100()
+        t100 = time.perf_counter() - t0
+    key = row_key(device, cfg.loss)
+    if label.endswith("reference eager fp32"):
         _BASELINE[key] = t5
     elif key not in _BASELINE:  # this row alone (-k): time the baseline here, in the same run
-        _BASELINE[key] = baseline_seconds(device)
+        _BASELINE[key] = baseline_seconds(device, loss=cfg.loss)
+    phases = RECIPE_PHASES if cfg.warmup_phases else 0  # wgan-gp's recipe: 1e5 plain iterations
     images = cfg.n_critic * cfg.batch_size
     benchmark.extra_info.update({
         "device": device_name(device), "engine": label, "batch": cfg.batch_size,
@@ -141,9 +169,9 @@ def measure(benchmark, device, cfg, eng, label):
         "image_size": cfg.image_size, "width": cfg.ngf,
         "img_per_s": images / t5, "gen_iters_per_s": 1 / t5,
         "s_per_100_critic_iteration": t100,
-        "recipe_projected_min": ((RECIPE_ITERS - RECIPE_PHASES) * t5 + RECIPE_PHASES * t100) / 60,
+        "recipe_projected_min": ((RECIPE_ITERS - phases) * t5 + phases * (t100 or 0)) / 60,
         "speedup_vs_reference_eager_fp32": _BASELINE[key] / t5,
-        "tflops": iteration_flops(device) / t5 / 1e12,
+        "tflops": iteration_flops(device, cfg.loss) / t5 / 1e12,
     })
     peak = bf16_peak(device)
     if peak:
@@ -174,6 +202,21 @@ def test_fast_graphs(benchmark, bench_device, amp):
     torch.cuda.synchronize()
     assert eng.capture_error is None and eng.use_graphs, eng.capture_error
     measure(benchmark, bench_device, cfg, eng, f"fast graphs {'bf16' if amp else 'fp32'}")
+
+
+def test_wgan_gp_reference_eager(benchmark, bench_device):
+    cfg, eng = make(bench_device, "reference", amp=False, loss="wgan-gp")
+    measure(benchmark, bench_device, cfg, eng, "wgan-gp reference eager fp32")
+
+
+@pytest.mark.gpu
+def test_wgan_gp_fast_graphs(benchmark, bench_device):
+    cfg, eng = make(bench_device, "fast-graphs", amp=False, loss="wgan-gp")
+    for _ in range(2):  # warm-up and capture (the double backward included)
+        eng.iteration(cfg.n_critic)
+    torch.cuda.synchronize()
+    assert eng.capture_error is None and eng.use_graphs, eng.capture_error
+    measure(benchmark, bench_device, cfg, eng, "wgan-gp fast graphs fp32")
 
 
 # --- single steps (the reference), for the per-phase cost ---

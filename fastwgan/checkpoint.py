@@ -20,6 +20,7 @@ import torch
 from fastwgan.config import Config
 from fastwgan.models import Critic, Generator
 from fastwgan.runfolder import atomic_write
+from fastwgan.steps import OBJECTIVES
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -118,13 +119,15 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
         fail(f"its config is not valid ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     with torch.device("meta"):  # shapes only: nothing is allocated
         nets = {"generator": Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers),
-                "critic": Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers)}
+                "critic": Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
+                                 norm=cfg.critic_normalization)}
     for name, net in nets.items():
         if name in ckpt:
             why = _state_mismatch(ckpt[name], net.state_dict())
             if why:
+                size = f"{cfg.image_size}x{cfg.image_size}"
                 raise CheckpointError(f"{p}: the {name} does not match its config "
-                                      f"(ngf {cfg.ngf}, ndf {cfg.ndf}, {cfg.image_size}x{cfg.image_size}): {why}")
+                                      f"(ngf {cfg.ngf}, ndf {cfg.ndf}, {size}): {why}")
     for opt, net in (("opt_g", "generator"), ("opt_d", "critic")):
         if opt in ckpt:
             why = _optimizer_mismatch(ckpt[opt], [q for q in nets[net].parameters()])
@@ -133,7 +136,8 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
     if "rng" in ckpt and not _rng_complete(ckpt["rng"]):
         fail("its RNG states are incomplete")
     acc = ckpt.get("log_accum")
-    if acc is not None and not (_is_sums(acc.get("sums")) and isinstance(acc.get("critic_steps"), int)
+    n_sums = len(OBJECTIVES[cfg.loss].sums)  # loss_d, d_real, d_fake, loss_g, then the loss's own
+    if acc is not None and not (_is_sums(acc.get("sums"), n_sums) and isinstance(acc.get("critic_steps"), int)
                                 and isinstance(acc.get("gen_steps"), int)):
         fail("its 'log_accum' is incomplete")
     world_size = ckpt.get("world_size", 1)
@@ -143,7 +147,7 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
         states = ckpt["rank_states"]
         if len(states) != world_size:
             fail(f"it has {len(states)} ranks' states for a world size of {world_size}")
-        if not all(isinstance(r, dict) and _rng_complete(r.get("rng")) and _is_sums(r.get("sums"))
+        if not all(isinstance(r, dict) and _rng_complete(r.get("rng")) and _is_sums(r.get("sums"), n_sums)
                    for r in states):
             fail("a rank's RNG state or loss sums are incomplete")
 
@@ -154,8 +158,8 @@ def _rng_complete(rng: Any) -> bool:
             and isinstance(rng.get("python"), (tuple, list)))
 
 
-def _is_sums(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and t.shape == (4,)
+def _is_sums(t: Any, n: int) -> bool:
+    return isinstance(t, torch.Tensor) and t.shape == (n,)
 
 
 def _state_mismatch(state: dict, expected: dict[str, torch.Tensor]) -> str | None:

@@ -14,6 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 IMAGE_SIZES = (32, 64, 128)
+LOSSES = ("wgan", "wgan-gp", "gan")
+
+# Defaults that depend on --loss, filled in where the flag was not given. wgan: the WGAN paper's
+# code (martinarjovsky/WassersteinGAN); gan: DCGAN's; wgan-gp: the GP paper's 64x64 code
+# (igul222/improved_wgan_training gan_64x64.py: Adam(1e-4, beta1 0, beta2 0.9) for both networks,
+# 5 critic steps, no warm-up phases, so n_critic_warmup is --n-critic). The GP code's DCGAN
+# critic uses layer normalisation in its wgan-gp mode; here none is the default (the plain
+# critic of the paper's Algorithm 1) and --critic-norm layer gives the GP code's.
+LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "wgan": dict(lr=5e-5, n_critic_warmup=100, critic_norm="batch"),
+    "gan": dict(lr=2e-4, n_critic_warmup=100, critic_norm="batch", adam_beta1=0.5, adam_beta2=0.999),
+    "wgan-gp": dict(lr=1e-4, critic_norm="none", adam_beta1=0.0, adam_beta2=0.9),
+}
+LOSS_DEFAULTED = ("lr", "n_critic_warmup", "critic_norm", "adam_beta1", "adam_beta2")
 
 
 class ConfigError(ValueError):
@@ -41,10 +55,17 @@ class Config:
     ckpt_every: int = _f(1000, "iterations between checkpoints (one is also written at the end)", "run")
     progress: bool = _f(True, "show a progress bar (in a terminal; a log gets a line per --log-every)", "run")
     overwrite: bool = _f(False, "start again in an --out that already holds a run", "run")
+    threads: int = _f(0, "CPU threads for torch's operations (0: torch's default, one per core, or "
+                      "OMP_NUM_THREADS); fewer than the cores is faster on a machine busy with "
+                      "other work", "run")
+    tensorboard: bool = _f(False, "also write TensorBoard event files into <out>/tb (needs the "
+                           "tensorboard package: pip install 'fastwgan[tensorboard]')", "run")
+    tb_histograms: int = _f(0, "with --tensorboard: histograms of every weight and gradient every N "
+                            "iterations (0: none)", "run")
 
     # --- data ---
-    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively "
-                             "(default: a built-in synthetic face dataset)", "data", metavar="DIR")
+    data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively, or a .zip "
+                             "of them (default: a built-in synthetic face dataset)", "data", metavar="DIR")
     image_size: int = _f(64, "training resolution", "data", choices=IMAGE_SIZES)
     crop: Optional[int] = _f(None, "center crop before resizing (108 for CelebA; default: the shorter side)", "data")
     workers: int = _f(-1, "loader worker processes (-1: one per core, at most 8)", "data")
@@ -65,15 +86,25 @@ class Config:
     extra_layers: int = _f(0, "extra 3x3 conv blocks in both networks", "model")
 
     # --- training ---
-    loss: str = _f("wgan", "wgan: weight-clipped critic (Arjovsky et al. 2017); gan: the DCGAN "
-                   "cross-entropy baseline", "training", choices=("wgan", "gan"))
+    loss: str = _f("wgan", "wgan: weight-clipped critic (Arjovsky et al. 2017); wgan-gp: gradient "
+                   "penalty, no clipping (Gulrajani et al. 2017); gan: the DCGAN cross-entropy baseline",
+                   "training", choices=LOSSES)
     batch_size: int = _f(64, "images per critic or generator step", "training")
-    lr: Optional[float] = _f(None, "learning rate (default: 5e-5 RMSprop for wgan, 2e-4 Adam for gan)", "training")
+    lr: Optional[float] = _f(None, "learning rate (default: 5e-5 RMSprop for wgan, 1e-4 Adam for "
+                             "wgan-gp, 2e-4 Adam for gan)", "training")
     n_critic: int = _f(5, "critic steps per generator step", "training")
-    n_critic_warmup: int = _f(100, "critic steps for the first 25 generator iterations and every 500th "
-                              "(equal to --n-critic disables these phases)", "training")
+    n_critic_warmup: Optional[int] = _f(None, "critic steps for the first 25 generator iterations and "
+                                        "every 500th (default: 100 for wgan, --n-critic for wgan-gp; equal "
+                                        "to --n-critic disables these phases)", "training")
     clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step "
-                      "(and once before the first, as the paper's code)", "training")
+                     "and once before the first, as the paper's code (wgan)", "training")
+    gp_weight: float = _f(10.0, "lambda, the weight of the gradient penalty (wgan-gp)", "training")
+    critic_norm: Optional[str] = _f(None, "the critic's normalisation: batch (BatchNorm), layer (over C, H, "
+                                    "W of each sample), none (default: batch for wgan and gan, none for "
+                                    "wgan-gp, which cannot use batch)", "training",
+                                    choices=("batch", "layer", "none"))
+    adam_beta1: Optional[float] = _f(None, "Adam's beta1 (gan: 0.5, wgan-gp: 0)", "training")
+    adam_beta2: Optional[float] = _f(None, "Adam's beta2 (gan: 0.999, wgan-gp: 0.9)", "training")
     amp: bool = _f(False, "bf16 autocast where the device supports it (fp32 master weights)", "training")
     backend: str = _f("auto", "fast: fused Triton kernels and CUDA graphs; reference: plain PyTorch; "
                       "auto: fast on CUDA, reference elsewhere", "training",
@@ -86,11 +117,54 @@ class Config:
     eval_n: int = _f(2048, "generated and real images per evaluation", "eval")
 
     # ------------------------------------------------------------------------------------------
+    def _loss_default(self, name: str):
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if name == "n_critic_warmup" and name not in LOSS_DEFAULTS[self.loss]:
+            return self.n_critic  # wgan-gp: no warm-up phases
+        return LOSS_DEFAULTS[self.loss].get(name)
+
     @property
     def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 5e-5 if self.loss == "wgan" else 2e-4
+        return self._loss_default("lr")
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        """Adam's (beta1, beta2) for the losses trained with Adam (gan, wgan-gp)."""
+        return (self._loss_default("adam_beta1"), self._loss_default("adam_beta2"))
+
+    @property
+    def critic_warmup(self) -> int:
+        """Critic steps of a warm-up phase (``--n-critic-warmup`` or the loss's default)."""
+        return self._loss_default("n_critic_warmup")
+
+    @property
+    def critic_normalization(self) -> str:
+        return self._loss_default("critic_norm")
+
+    def resolved(self) -> "Config":
+        """This config with every default that depends on ``--loss`` filled in (config.json shows
+        the values a run used; Adam's betas stay empty for wgan, which does not use Adam)."""
+        filled = {name: self._loss_default(name) for name in LOSS_DEFAULTED}
+        return dataclasses.replace(self, **{k: v for k, v in filled.items() if v is not None})
+
+    def describe_loss(self) -> str:
+        """The loss and every setting it trains with, for train.log."""
+        detail = {"wgan": f"clip {self.clip:g}", "gan": "cross-entropy",
+                  "wgan-gp": f"gradient penalty weight {self.gp_weight:g}"}[self.loss]
+        if self.loss == "wgan":
+            optimizer = f"RMSprop lr {self.learning_rate:g}"
+        else:
+            optimizer = "Adam lr {:g} betas ({:g}, {:g})".format(self.learning_rate, *self.adam_betas)
+        if self.loss == "gan":
+            steps = "1 critic step"
+        elif self.warmup_phases:
+            steps = f"{self.n_critic} critic steps ({self.critic_warmup} in warm-up phases)"
+        else:
+            steps = f"{self.n_critic} critic steps, no warm-up phases"
+        return (f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optimizer}, "
+                f"{steps}, z ~ N(0, 1) of size {self.nz}")
 
     @property
     def steady_n_critic(self) -> int:
@@ -100,18 +174,20 @@ class Config:
     @property
     def warmup_phases(self) -> bool:
         """Whether some iterations take another number of critic steps (``--n-critic-warmup``)."""
-        return self.loss == "wgan" and self.n_critic_warmup != self.n_critic
+        return self.loss != "gan" and self.critic_warmup != self.n_critic
 
     def n_critic_at(self, gen_iter: int) -> int:
         """Critic steps before generator iteration ``gen_iter`` (0-based), as the paper's code."""
         if self.warmup_phases and (gen_iter < 25 or gen_iter % 500 == 0):
-            return self.n_critic_warmup
+            return self.critic_warmup
         return self.steady_n_critic
 
     def validate(self) -> "Config":
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
+
+        self._validate_kinds()
 
         need(self.iters >= 1, f"--iters must be at least 1 (got {self.iters})")
         need(self.batch_size >= 2, f"--batch-size must be at least 2: BatchNorm needs 2 samples (got {self.batch_size})")
@@ -122,11 +198,24 @@ class Config:
         need(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32) (got {self.seed})")
         need(self.workers >= -1, f"--workers must be -1 (one per core), 0 (none) or more (got {self.workers})")
         need(self.n_critic >= 1, f"--n-critic must be at least 1 (got {self.n_critic})")
-        need(self.n_critic_warmup >= 1, f"--n-critic-warmup must be at least 1 (got {self.n_critic_warmup})")
+        need(self.n_critic_warmup is None or self.n_critic_warmup >= 1,
+             f"--n-critic-warmup must be at least 1 (got {self.n_critic_warmup})")
         need(self.clip > 0 and math.isfinite(self.clip), f"--clip must be positive and finite (got {self.clip})")
+        need(self.gp_weight > 0 and math.isfinite(self.gp_weight),
+             f"--gp-weight must be positive and finite (got {self.gp_weight})")
+        need(not (self.loss == "wgan-gp" and self.critic_norm == "batch"),
+             "--critic-norm batch cannot train --loss wgan-gp: the penalty is per sample and BatchNorm "
+             "mixes the samples of a batch; use --critic-norm none or layer")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            need(v is None or 0 <= v < 1, f"--{name.replace('_', '-')} must be in [0, 1) (got {v})")
         need(self.nz >= 1 and self.ngf >= 1 and self.ndf >= 1, "--nz, --ngf and --ndf must be positive")
         need(self.extra_layers >= 0, f"--extra-layers must be 0 or more (got {self.extra_layers})")
         need(self.crop is None or self.crop >= 1, f"--crop must be positive (got {self.crop})")
+        need(self.threads >= 0, f"--threads must be 0 (torch's default) or more (got {self.threads})")
+        need(self.tb_histograms >= 0, f"--tb-histograms must be 0 (none) or more (got {self.tb_histograms})")
+        need(self.tensorboard or not self.tb_histograms, "--tb-histograms writes into the TensorBoard "
+             "events: add --tensorboard")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or more (got {self.eval_every})")
         need(self.max_pixels >= 1, f"--max-pixels must be at least 1 (got {self.max_pixels})")
         need(self.eval_n >= 16, f"--eval-n must be at least 16 (got {self.eval_n})")
@@ -136,6 +225,29 @@ class Config:
         need(self.preset is None or self.preset in PRESETS,
              f"unknown --preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         return self
+
+    def _validate_kinds(self) -> None:
+        """Types and choices, which the command line's parser checks: a Config built in Python
+        (``fastwgan.train(Config(...))``) is held to the same."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            optional = kind.startswith("Optional[")
+            base = kind.removeprefix("Optional[").rstrip("]")
+            if (v is None and optional) or base not in kinds:  # (another kind: its own check)
+                continue
+            ok = isinstance(v, kinds[base])
+            if ok and isinstance(v, bool) and kind != "bool":
+                ok = False  # True is an int to Python, not a count
+            if not ok:
+                what = {"int": "an integer", "float": "a number", "str": "a string",
+                        "bool": "True or False"}[base]
+                raise ConfigError(f"{_flag(f.name)} must be {what}{' or None' if optional else ''} "
+                                  f"(got {v!r})")
+            choices = f.metadata.get("choices") or (PRESETS if f.name == "preset" else None)
+            if choices and v not in choices:
+                raise ConfigError(f"{_flag(f.name)} must be one of {', '.join(map(str, choices))} "
+                                  f"(got {v!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,12 +285,20 @@ GROUP_TITLES = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a value not among the choices, not a number, an unknown flag) as a
+    ConfigError: one line and exit code 2 like every other bad value, not the whole usage."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def build_parser(prog: str = "python -m fastwgan.train", description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -223,4 +343,4 @@ def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) ->
     if preset is not None:
         values.update(PRESETS[preset])
     values.update(given)
-    return Config.from_dict(values).validate()
+    return Config.from_dict(values).validate().resolved()

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run directory or checkpoint .pt file")
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="folder of real images (default: the run's own --data, which is the "
+                   help="folder (or .zip) of real images (default: the run's own --data, which is the "
                         "built-in synthetic set when the run used it)")
     p.add_argument("--n", type=int, default=10_000,
                    help="generated images, and real images (default: %(default)s)")
@@ -107,8 +107,8 @@ def load_generator(path: str, device: torch.device) -> tuple[Generator, Config, 
 
 def load_real(data: Optional[str], cfg: Config, crop: Optional[int], n: int, seed: int) -> torch.Tensor:
     """``n`` real images (uint8 (n, 3, H, W)) preprocessed as the run's training data."""
-    if data is not None and not os.path.isdir(data):
-        raise EvalError(f"--data: no folder at {data}")
+    if data is not None and not (os.path.isdir(data) or os.path.isfile(data)):  # a folder or a .zip
+        raise EvalError(f"--data: no folder or zip at {data}")
     from fastwgan.data import DataError, load_real_images  # the loader's heavy imports, only here
 
     try:

@@ -4,7 +4,10 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 
 * the blocks use the fused BatchNorm + activation kernel (``impl="triton"``) in channels_last;
 * the critic's optimizer is ``RMSpropClip`` with the clipping inside its update, the generator's
-  the same without clipping (``--loss gan``: torch's fused, capturable Adam);
+  the same without clipping (``--loss gan`` and ``wgan-gp``: torch's fused, capturable Adam);
+* ``--loss wgan-gp``: the penalty's double backward (eps drawn on the device) is captured with
+  the step. The critic has no BatchNorm then, so no fused bn_act under it (bn_act's backward is
+  once_differentiable); a critic block that had one would stay on its plain-PyTorch form;
 * real batches come from a ``ResidentSampler`` (the decoded dataset on the device, indices drawn
   on the device) and z is drawn on the device: no host work per step;
 * on CUDA, after one eager iteration on a side stream (which compiles every Triton kernel and
@@ -41,7 +44,7 @@ from fastwgan.distributed import (SINGLE, World, all_reduce_grads_mean_, all_red
                                   broadcast_module_)
 from fastwgan.engine import Engine
 from fastwgan.models import set_impl, set_sync_bn
-from fastwgan.steps import StepConfig
+from fastwgan.steps import OBJECTIVES, StepConfig
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -63,7 +66,7 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str,
                 RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl,
                             grad_reduce=reduce))
     cuda = next(G.parameters()).is_cuda
-    kw = dict(lr=cfg.learning_rate, betas=(0.5, 0.999), fused=cuda, capturable=cuda)
+    kw = dict(lr=cfg.learning_rate, betas=cfg.adam_betas, fused=cuda, capturable=cuda)
     opts = torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
     if world.distributed:
         for opt in opts:
@@ -71,6 +74,19 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str,
             opt.register_step_pre_hook(lambda _opt, _args, _kw, params=params:
                                        all_reduce_grads_mean_(params, world))
     return opts
+
+
+def keep_twice_differentiable(D: nn.Module, loss: str) -> list[int]:
+    """For a loss that differentiates through D's input gradient (wgan-gp), the critic blocks
+    with BatchNorm go back to their plain-PyTorch form: the fused bn_act's backward is
+    once_differentiable. Returns their indices (none for the critics wgan-gp builds: no BatchNorm).
+    """
+    if not OBJECTIVES[loss].double_backward:
+        return []
+    plain = [i for i, b in enumerate(D.blocks) if b.bn is not None]
+    for i in plain:
+        set_impl(D.blocks[i], "ref")
+    return plain
 
 
 # Under torch's default "global" capture mode a CUDA call from *any* thread during the capture
@@ -145,6 +161,7 @@ class FastEngine(Engine):
 
             set_sync_bn(G, dist.group.WORLD)
             set_sync_bn(D, dist.group.WORLD)
+        self.plain_critic_blocks = keep_twice_differentiable(D, cfg.loss)
         broadcast_module_(G, world)  # rank 0's initial weights and running statistics
         broadcast_module_(D, world)
         if device.type == "cuda":
@@ -154,7 +171,7 @@ class FastEngine(Engine):
             torch.backends.cudnn.benchmark = True
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False)
+        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"
@@ -251,4 +268,13 @@ class FastEngine(Engine):
         mode = "CUDA graphs" if self.use_graphs else "eager"
         if self.world.distributed:
             mode += ", one all-reduce per step" + (", sync BatchNorm" if self.sync_bn else "")
-        return f"fast ({kernels}, {mode})"
+        return f"fast ({kernels}, {mode}{self._describe_penalty()})"
+
+    def _describe_penalty(self) -> str:
+        if not self.objective.double_backward:
+            return ""
+        if self.plain_critic_blocks:
+            names = ", ".join(f"blocks.{i}" for i in self.plain_critic_blocks)
+            return (f"; gradient penalty: critic {names} on plain PyTorch (bn_act has no double "
+                    "backward)")
+        return "; gradient penalty: critic without bn_act, double backward through torch ops"

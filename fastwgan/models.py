@@ -17,6 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 IMPLS = ("ref", "triton")
+NORMS = ("batch", "layer", "none")  # the critic's normalisation (the generator's is always batch)
 
 
 def _check_impl(impl: str) -> str:
@@ -30,17 +31,36 @@ def _check_size(image_size: int) -> None:
         raise ValueError(f"image_size must be a power of two, 16 or more (got {image_size})")
 
 
-class Block(nn.Module):
-    """conv -> [BatchNorm] -> activation, the unit both networks are made of.
+class LayerNorm2d(nn.Module):
+    """Layer normalisation over (C, H, W) of each sample, then a per-channel scale (1) and offset
+    (0): the normalisation of the GP paper's critic (igul222/improved_wgan_training,
+    ``tflib/ops/layernorm.py``, eps 1e-5). Per sample, so the gradient penalty stays per sample."""
 
-    ``conv`` is an nn.Conv2d or nn.ConvTranspose2d; ``bn`` is an nn.BatchNorm2d or None.
-    ``act`` is "relu", "leaky_relu" (slope 0.2) or "none".
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
+        y = F.layer_norm(x, x.shape[1:], eps=self.eps)
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class Block(nn.Module):
+    """conv -> [BatchNorm | LayerNorm2d] -> activation, the unit both networks are made of.
+
+    ``conv`` is an nn.Conv2d or nn.ConvTranspose2d; ``bn`` is an nn.BatchNorm2d or None; ``ln``
+    a LayerNorm2d or None (a critic without BatchNorm). ``act`` is "relu", "leaky_relu" (slope
+    0.2) or "none". ``impl`` changes only how BatchNorm and the activation are computed.
     """
 
-    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d | None, act: str, impl: str = "ref"):
+    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d | None, act: str, impl: str = "ref",
+                 ln: LayerNorm2d | None = None):
         super().__init__()
         self.conv = conv
         self.bn = bn
+        self.ln = ln
         self.act = act
         self.negative_slope = 0.2
         self.impl = _check_impl(impl)
@@ -49,6 +69,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
+        if self.ln is not None:
+            y = self.ln(y)
         if self.bn is not None and (self.impl == "triton" or self.sync_group is not None):
             from fastwgan.kernels.bn_act import bn_act
 
@@ -75,9 +97,9 @@ def _up(cin, cout, k, s, p, impl):
     return Block(nn.ConvTranspose2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), "relu", impl)
 
 
-def _down(cin, cout, k, s, p, impl, bn=True):
-    return Block(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout) if bn else None,
-                 "leaky_relu", impl)
+def _down(cin, cout, k, s, p, impl, norm="batch"):
+    return Block(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout) if norm == "batch" else None,
+                 "leaky_relu", impl, ln=LayerNorm2d(cout) if norm == "layer" else None)
 
 
 def init_weights(m: nn.Module) -> None:
@@ -128,19 +150,24 @@ class Critic(nn.Module):
     doubling the width down to 4x4, each BN LReLU(0.2), then Conv(c, 1, 4, 1, 0).
     The paper's code averages the scores over the batch inside the network; here the per-sample
     scores are returned and the losses take the mean.
+
+    ``norm`` replaces the BatchNorm of those blocks: "layer" (LayerNorm2d) or "none", the
+    critics of the gradient penalty, whose samples must not interact (Gulrajani et al. 2017, 4).
     """
 
     def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 3, extra_layers: int = 0,
-                 impl: str = "ref"):
+                 impl: str = "ref", norm: str = "batch"):
         super().__init__()
         _check_size(image_size)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.image_size = image_size
-        blocks = [_down(nc, ndf, 4, 2, 1, impl, bn=False)]
+        blocks = [_down(nc, ndf, 4, 2, 1, impl, norm="none")]
         csize, cndf = image_size // 2, ndf
         for _ in range(extra_layers):
-            blocks.append(_down(cndf, cndf, 3, 1, 1, impl))
+            blocks.append(_down(cndf, cndf, 3, 1, 1, impl, norm))
         while csize > 4:
-            blocks.append(_down(cndf, cndf * 2, 4, 2, 1, impl))
+            blocks.append(_down(cndf, cndf * 2, 4, 2, 1, impl, norm))
             cndf, csize = cndf * 2, csize // 2
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Conv2d(cndf, 1, 4, 1, 0, bias=False)

@@ -106,7 +106,7 @@ def engine_pair(cfg, device="cpu", seed=0):
 
     torch.manual_seed(seed)
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf).to(device)
+    D = Critic(cfg.image_size, cfg.ndf, norm=cfg.critic_normalization).to(device)
     return (G, D), (copy.deepcopy(G), copy.deepcopy(D))
 
 

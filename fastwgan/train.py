@@ -11,6 +11,7 @@ if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line 
 
     quiet_interrupt()
 
+import argparse
 import math
 import os
 import random
@@ -19,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,6 +37,7 @@ from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
 from fastwgan.metrics import swd_for_training
 from fastwgan.outputs import MetricsLog, one_line_warnings, plot_losses, save_grid
+from fastwgan.tensorboard import EventLog
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
@@ -47,7 +50,7 @@ examples:
 """
 
 # Flags that define the networks: a resumed run keeps the checkpoint's values.
-ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss")
+ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss", "critic_norm")
 N_SAMPLES = 64  # 8x8 grids
 
 
@@ -129,16 +132,23 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# Per loss: the flags it does not use, and why.
+UNUSED_FLAGS = {
+    "gan": (("n_critic", "n_critic_warmup", "clip", "gp_weight"),
+            "--loss gan takes one critic step per generator step, without clipping or penalty"),
+    "wgan": (("gp_weight", "adam_beta1", "adam_beta2"),
+             "--loss wgan clips the critic and trains with RMSprop"),
+    "wgan-gp": (("clip",), "--loss wgan-gp penalises the critic's gradient instead of clipping"),
+}
+
+
 def ignored_flags(args, cfg: Config) -> list[str]:
     """Flags the user gave that this config does not use."""
-    if cfg.loss != "gan":
-        return []
-    given = [f"--{n.replace('_', '-')}" for n in ("n_critic", "n_critic_warmup", "clip")
-             if getattr(args, n) is not None]
+    names, why = UNUSED_FLAGS[cfg.loss]
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
     if not given:
         return []
-    return [f"note: --loss gan takes one critic step per generator step and does not clip: "
-            f"{', '.join(given)} ignored"]
+    return [f"note: {why}: {', '.join(given)} ignored"]
 
 
 class Stop(Exception):
@@ -158,21 +168,58 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> Optional[bool]:
+    """Whether the CPU computes in bf16 natively, from the flags it reports (Linux): avx512_bf16 or
+    amx_bf16 on x86, bf16 on Arm. None where it does not say (another OS)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def amp_dtype(cfg: Config, device: torch.device, log) -> Optional[torch.dtype]:
     if not cfg.amp:
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log("warning: --amp: this GPU has no bf16 support; training in fp32")
         return None
+    if device.type == "cpu" and cpu_has_native_bf16() is False:
+        # on an AVX2-only CPU the reference ran 6x slower in bf16 autocast than in fp32
+        log("warning: --amp: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag), where "
+            "bf16 is several times slower than fp32; training in fp32")
+        return None
     return torch.bfloat16
 
 
-def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict], list[str]]:
+def set_threads(n: int) -> int:
+    """``--threads``: torch's intra-op CPU threads (0 keeps its default). The count in use, for the
+    log: OpenMP threads that outnumber the free cores of a busy machine wait on each other."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def dropped_rows(metrics_path: Path, iteration: int) -> int:
+    """Rows of ``metrics.jsonl`` logged after ``iteration``: what a resume from there drops."""
+    return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
+
+
+def parse_config(argv: Optional[Sequence[str]], given: Optional[dict] = None
+                 ) -> tuple[Config, Optional[dict], list[str]]:
     """The run's config, the checkpoint to resume from (or None), and notes for the log.
 
-    A resumed checkpoint gets ``source_dir``: the run folder it came from."""
+    ``given``: values set as if by flags (the Python API). A resumed checkpoint gets
+    ``source_dir``: the run folder it came from."""
     parser = build_parser(description=DESCRIPTION)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**(given or {})))
     if args.resume is None:
         cfg = config_from_args(args)
         if holds_run(cfg.out) and not cfg.overwrite:
@@ -181,7 +228,7 @@ def parse_config(argv: Optional[Sequence[str]]) -> tuple[Config, Optional[dict],
         return cfg, None, ignored_flags(args, cfg)
     ckpt = ckpt_io.load(args.resume, resume=True)  # validated before anything is written
     source = ckpt_io.checkpoint_path(args.resume).parent
-    saved = Config.from_dict(ckpt["config"])
+    saved = Config.from_dict(ckpt["config"]).resolved()  # (older checkpoints lack later fields)
     for name in ARCHITECTURE:
         given = getattr(args, name)
         if given is not None and given != getattr(saved, name):
@@ -289,6 +336,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         log(note)
     device = pick_device(cfg.device)
     dtype = amp_dtype(cfg, device, log)
+    threads = set_threads(cfg.threads)
+    events = EventLog(cfg)  # --tensorboard
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -329,7 +378,8 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
     # --- models, optimizers, engine ---
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
-    D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers).to(device)
+    D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
+               norm=cfg.critic_normalization).to(device)
     if resume:  # before the engine: the fast one re-lays parameters into flat buffers
         G.load_state_dict(resume["generator"])
         D.load_state_dict(resume["critic"])
@@ -340,11 +390,12 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         engine.opt_d.load_state_dict(resume["opt_d"])
         elapsed0 = resume.get("elapsed", 0.0)
         ckpt_io.set_rng_state(resume["rng"])
+        dropped = in_place and dropped_rows(out / "metrics.jsonl", start_iter) > 0
         log(f"resumed from iteration {start_iter}" + (
-            " (what the log above says of later iterations was not kept)" if in_place else ""))
+            " (what the log above says of later iterations was not kept)" if dropped else ""))
     log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"engine: {engine.describe()}, precision: {'bf16 autocast' if dtype else 'fp32'}, "
-        f"loss: {cfg.loss}, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
+        f"{threads} CPU threads, engine: {engine.describe()}, "
+        f"precision: {'bf16 autocast' if dtype else 'fp32'}, {cfg.describe_loss()}, batch {cfg.batch_size}, "
         f"{cfg.image_size}x{cfg.image_size}")
 
     if device.type == "cpu" and cfg.image_size >= 64 and cfg.iters - start_iter >= 10_000:
@@ -352,11 +403,13 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
     # --- outputs ---
     runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
+    events.open(out, start_iter if resume else None, source)
     fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     if not (out / "real_samples.png").exists():
         # (files that do not decode were reported above, or are warned about by the stream)
         real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
         save_grid(real, out / "real_samples.png", nrow=8)
+        events.real_images(real)
     if cfg.eval_every:
         real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers,
                                   failed=[])
@@ -371,7 +424,9 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
     def save_samples(iteration: int) -> None:
         G.eval()
         with torch.no_grad():
-            save_grid(G(fixed_z), out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            fake = G(fixed_z)
+            save_grid(fake, out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            events.images("samples", fake, iteration)
         G.train()
         plot_losses(metrics.read(), out / "loss.png", title=f"{cfg.loss}, {cfg.image_size}x{cfg.image_size}")
 
@@ -448,9 +503,10 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                 ips = images_since_log / max(now - t_log, 1e-9)
                 row = {
                     "iter": done, "time": round(now - t_start, 3),
-                    "wdist": (s[1] - s[2]) / n_crit if cfg.loss == "wgan" else None,
+                    "wdist": (s[1] - s[2]) / n_crit if engine.objective.wasserstein else None,
                     "loss_d": s[0] / n_crit, "loss_g": s[3] / n_gen,
                     "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
+                    **engine.objective.extra_means(s, n_crit),  # wgan-gp: gp, grad_norm
                     "critic_steps": n_crit, "img_per_s": round(ips, 1),
                 }
                 if evaluate:
@@ -458,7 +514,10 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                     row["swd"], row["swd_levels"] = swd["mean"], swd["levels"]
                     now = time.perf_counter()  # the evaluation is not training time
                 metrics.append(row)
+                events.scalars(row)
                 w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
+                if "gp" in row:
+                    w += f"GP {row['gp']:.3g}  |grad| {row['grad_norm']:.3g}  "
                 if evaluate:
                     w += f"SWD {row['swd']:.1f}  "
                 bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
@@ -474,6 +533,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
             t_io = time.perf_counter()
             if done % cfg.sample_every == 0 or done == cfg.iters:
                 save_samples(done)
+            events.histograms({"G": G, "D": D}, done)
             if done % cfg.ckpt_every == 0 or done == cfg.iters or stop_signal:
                 save_checkpoint(done, time.perf_counter() - t_start)
             t_log += time.perf_counter() - t_io  # img/s counts training time only
@@ -483,6 +543,7 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
                            f"python -m fastwgan.train --resume {out}", 128 + stop_signal[0])
     finally:
         bar.close()
+        events.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
@@ -518,6 +579,19 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """``from fastwgan import train`` gives this module (Python binds a package's submodule to its
+    name once it is imported), so the module itself calls the Python API: ``train(config)``."""
+
+    def __call__(self, config: Optional[Config] = None, **kwargs) -> dict:
+        from fastwgan.api import train as api_train
+
+        return api_train(config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ def no_update(param, grad, square_avg, lr, alpha, eps, clip=None, step=None, *, 
     step.add_(1)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 # --- python -m fastwgan.check ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("nvidia.dali")
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
 
 from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
                            resolve_mode)
@@ -36,9 +36,7 @@ OPAQUE_ODD = ["rgb.jpg", "upper.JPG", "upper2.JPEG", "gray.jpg", "cmyk.jpg", "pr
               "rgba.png", "palette.png", "gray16.png", "tiny.jpg", "nested/deeper/inner.png"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ from fastwgan.data.pillow import EpochBatches, cache_key, load_resident
 from oddfiles import make_good_folder, make_odd_folder
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def names(paths, root):

@@ -33,10 +33,13 @@ def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
 TINY = dict(image_size=32, nz=8, ngf=8, ndf=8, batch_size=4, n_critic=2, n_critic_warmup=3, lr=1e-3)
 
 
-@pytest.mark.parametrize("loss", ["wgan", "gan"])
-def test_fast_eager_equals_reference_on_cpu(loss):
+@pytest.mark.parametrize("loss,extra", [("wgan", {}), ("gan", {}),
+                                        # not the default weight: the engines must pass it on
+                                        ("wgan-gp", dict(gp_weight=5.0)),
+                                        ("wgan-gp", dict(gp_weight=5.0, critic_norm="layer"))])
+def test_fast_eager_equals_reference_on_cpu(loss, extra):
     # fp32, the same operations through the twins: 1e-6 relative (rounding order only)
-    cfg = Config(**TINY, loss=loss)
+    cfg = Config(**TINY, loss=loss, **extra)
     ref, fast = run_both(cfg, iterations=[0, 30, 31])  # a 3-step warm-up phase, then n_critic = 2
     assert fast.impl == "ref"
     assert_same_state(ref.G, fast.G, rtol=1e-6, atol=1e-7)
@@ -44,6 +47,10 @@ def test_fast_eager_equals_reference_on_cpu(loss):
     torch.testing.assert_close(fast.sums, ref.sums, rtol=1e-6, atol=1e-7)
     if loss == "wgan":
         assert max(p.abs().max().item() for p in fast.D.parameters()) <= cfg.clip
+    if loss == "wgan-gp":  # penalty and gradient norm summed beside the losses; no clipping
+        assert fast.sums.shape == (6,) and (fast.sums[4:] > 0).all()
+        assert max(p.abs().max().item() for p in fast.D.parameters()) > cfg.clip
+        assert isinstance(fast.opt_d, torch.optim.Adam) and fast.opt_d.defaults["betas"] == (0.0, 0.9)
 
 
 def test_fast_with_triton_kernels_under_interpreter():
@@ -97,7 +104,7 @@ class RecordedGraph:
 
 
 @pytest.mark.parametrize("feed,loss", [("device sampler", "wgan"), ("host stream", "wgan"),
-                                       ("device sampler", "gan")])
+                                       ("device sampler", "gan"), ("device sampler", "wgan-gp")])
 def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
     """Warm-up, capture, which graph replays when, and the static input buffer of a host-fed
     stream, with recorded graphs on CPU: the result must equal the eager engine's, bit for bit."""
@@ -105,7 +112,9 @@ def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
     from fastwgan.data.dali import ResidentSampler
 
     monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
-    cfg = Config(**TINY, loss=loss)
+    # wgan-gp at its default, no warm-up phases
+    cfg = Config(**{**TINY, "n_critic_warmup": None if loss == "wgan-gp" else TINY["n_critic_warmup"]},
+                 loss=loss)
     (G, D), (G2, D2) = pair(cfg)
     if feed == "device sampler":
         data = torch.randint(0, 256, (32, 32, 32, 3), dtype=torch.uint8)
@@ -124,9 +133,9 @@ def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
         torch.manual_seed(it)
         graph.iteration(cfg.n_critic_at(it))
     expected = {"host stream": {"critic", "generator"}, "device sampler": {"critic", "generator", "iteration"}}
-    # --loss gan: one critic step per iteration and no phases: only the iteration graph
-    assert set(graph.graphs) == ({"iteration"} if loss == "gan" else expected[feed])
-    if loss == "gan":
+    # --loss gan and wgan-gp: no phases, only the iteration graph
+    assert set(graph.graphs) == ({"iteration"} if loss != "wgan" else expected[feed])
+    if loss != "wgan":
         assert graph.graphs["iteration"].replays == 4
     elif feed == "device sampler":
         assert graph.graphs["iteration"].replays == 3  # 30, 31 and 501: n_critic = 2

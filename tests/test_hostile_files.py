@@ -2,6 +2,7 @@
 import io
 import os
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -64,6 +65,24 @@ def test_bomb_headers_are_screened_before_decoding(tmp_path):
     assert "30000x30000" in reasons["bomb.jpg"] and "too large" in reasons["bomb.jpg"]
     assert "20000x20000" in reasons["bomb.png"]
     assert "skipped 2 unusable file(s)" in scan.warning()
+
+
+def test_bombs_inside_a_zip_are_screened_with_the_same_limit(tmp_path):
+    root = tmp_path / "d"
+    make_good_folder(root, n=3)  # 178x218
+    bomb_jpeg(root / "bomb.jpg")
+    bomb_png(root / "bomb.png")
+    z = tmp_path / "d.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(root.iterdir()):
+            zf.write(f, f"faces/{f.name}")
+    dataset = open_dataset(str(z))
+    assert sorted(m.name for m in dataset.files) == ["000.jpg", "001.jpg", "002.jpg"]
+    reasons = dict((m.name, why) for m, why in dataset.bad)
+    assert "30000x30000" in reasons["bomb.jpg"] and "too large" in reasons["bomb.jpg"]
+    assert "20000x20000" in reasons["bomb.png"]
+    with pytest.raises(DataError, match="could be read"):
+        open_dataset(str(z), max_pixels=178 * 218 - 1)
 
 
 def test_max_pixels_is_one_limit(tmp_path, monkeypatch):

@@ -12,29 +12,16 @@ from pathlib import Path
 import pytest
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import outputs, runfolder, sample, train
+from fastwgan import sample, train
 from fastwgan.runfolder import RunFolderError, RunLock
 
-from oddfiles import make_good_folder
+from tiny import TINY, run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "smoke", "--no-progress", "--workers", "0"]
 TIMEOUT = 180  # every subprocess
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def data(tmp_path):
-    make_good_folder(tmp_path / "data", n=10)
-    return str(tmp_path / "data")
-
-
-def run(*args):
-    return train.main([*TINY, *map(str, args)])
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def temporaries(out: Path) -> list[str]:

@@ -14,24 +14,11 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import sample, train
 
 from oddfiles import make_good_folder, make_odd_folder
+from tiny import TINY, run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "smoke", "--no-progress", "--workers", "0"]
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def data(tmp_path):
-    make_good_folder(tmp_path / "data", n=10)
-    return str(tmp_path / "data")
-
-
-def run(*args):
-    return train.main([*TINY, *map(str, args)])
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_every_output(tmp_path, data, capsys):
@@ -120,9 +107,11 @@ def test_odd_folder_trains(tmp_path, capsys):
 
 
 def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys):
-    from fastwgan import engine
+    import dataclasses
 
-    real_step = engine.generator_step
+    from fastwgan import steps
+
+    real_step = steps.generator_step
     calls = []
 
     def poisoned(G, D, opt, z, cfg):
@@ -134,7 +123,8 @@ def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys
             out["loss_g"] = out["loss_g"] * float("nan")
         return out
 
-    monkeypatch.setattr(engine, "generator_step", poisoned)
+    monkeypatch.setitem(steps.OBJECTIVES, "wgan",
+                        dataclasses.replace(steps.OBJECTIVES["wgan"], generator_step=poisoned))
     out = tmp_path / "r"
     assert run("--data", data, "--out", out, "--iters", 6, "--ckpt-every", 2) == 1
     err = capsys.readouterr().err
@@ -338,7 +328,7 @@ def test_damaged_jpeg_is_reported_once(tmp_path, backend, capsys):
     """A JPEG with good markers but damaged data passes the scan; the resident decode replaces it
     by the next image and says so in one line, on the first run and from the cache alike."""
     if backend == "dali":
-        pytest.importorskip("nvidia.dali")
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
     files = make_good_folder(tmp_path / "d", n=10)
     raw = bytearray(files[3].read_bytes())
     rng = __import__("random").Random(0)

@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from fastwgan.data.archive import archive_backend, from_archive, is_zip, scan_zip
 from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
@@ -57,7 +58,7 @@ def open_dataset(data_dir: Optional[str], log=None, max_pixels: int = DEFAULT_MA
         root = ensure_synthetic_dataset(cache_root())
         scan = scan_images(root)
         return Dataset(root, scan.files, True, scan.bad)
-    scan = scan_images(data_dir, max_pixels)
+    scan = scan_zip(data_dir, max_pixels) if is_zip(data_dir) else scan_images(data_dir, max_pixels)
     return Dataset(scan.root, scan.files, False, scan.bad)
 
 
@@ -68,11 +69,22 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "dali" if dali_available() else "pillow"
     if backend == "dali" and not dali_available():
-        raise DataError("--data-backend dali: NVIDIA DALI is not installed (pip install "
-                        "nvidia-dali-cuda130, or nvidia-dali-cuda120 for a CUDA 12 driver)")
+        raise DataError(f"--data-backend dali: NVIDIA DALI is not installed ({DALI_INSTALL}, "
+                        "or pip install nvidia-dali-cuda120 for a CUDA 12 driver)")
     if backend not in ("dali", "pillow"):
         raise ValueError(f"unknown data backend {backend!r}")
     return backend
+
+
+DALI_INSTALL = "pip install 'fastwgan[dali]'"
+
+
+def dali_missing_note(requested: str, resolved: str, device: torch.device) -> str:
+    """What the log says when a CUDA run decodes with Pillow because DALI is not installed (an
+    extra since it weighs about 0.6 GB): empty otherwise."""
+    if requested == "auto" and resolved == "pillow" and device.type == "cuda":
+        return f"NVIDIA DALI is not installed, so JPEGs are decoded by Pillow on the CPU; for GPU decoding: {DALI_INSTALL}"
+    return ""
 
 
 def resolve_mode(mode: str, n_images: int, image_size: int, backend: str = "pillow",
@@ -130,6 +142,9 @@ class Batches:
         args = (dataset.files, image_size, crop, self.global_batch, seed, device, mode, workers, start,
                 progress)
         self.backend = resolve_backend(backend)
+        self.note = dali_missing_note(backend, self.backend, device)
+        if from_archive(dataset.files):
+            self.backend, self.note = archive_backend(backend)
         if self.backend == "dali":
             try:
                 self._start_dali(*args)

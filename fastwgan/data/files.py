@@ -303,7 +303,8 @@ def load_image(path: str | os.PathLike, image_size: int, crop: int | None) -> np
     """Decode one file (one that passed ``check_file``) to a (H, W, 3) uint8 array with the
     training preprocessing."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with pixel_limit_screened(), Image.open(path) as im:
+    # a member of a zip (fastwgan.data.archive.ZipMember) gives its bytes
+    with pixel_limit_screened(), Image.open(path.open_bytes() if hasattr(path, "open_bytes") else path) as im:
         im = _to_rgb(im)
         im = center_crop_resize(im, image_size, crop)
         return np.asarray(im, dtype=np.uint8).copy()
