@@ -89,7 +89,8 @@ class Config:
     loss: str = _f("wgan", "wgan: weight-clipped critic (Arjovsky et al. 2017); wgan-gp: gradient "
                    "penalty, no clipping (Gulrajani et al. 2017); gan: the DCGAN cross-entropy baseline",
                    "training", choices=LOSSES)
-    batch_size: int = _f(64, "images per critic or generator step", "training")
+    batch_size: int = _f(64, "images per critic or generator step, over all processes (each of N "
+                         "processes takes batch/N)", "training")
     lr: Optional[float] = _f(None, "learning rate (default: 5e-5 RMSprop for wgan, 1e-4 Adam for "
                              "wgan-gp, 2e-4 Adam for gan)", "training")
     n_critic: int = _f(5, "critic steps per generator step", "training")
@@ -110,6 +111,12 @@ class Config:
                       "auto: fast on CUDA, reference elsewhere", "training",
                       choices=("auto", "fast", "reference"))
     graphs: bool = _f(True, "capture the n_critic loop in CUDA graphs (fast backend on CUDA)", "training")
+
+    # --- several processes (torchrun) ---
+    sync_bn: bool = _f(False, "BatchNorm statistics over the global batch (all processes) instead of "
+                       "each process's share of it; no effect in one process", "distributed")
+    dist_timeout: int = _f(600, "seconds a collective waits for the other processes before the run "
+                           "stops with an error (a process that died or hangs)", "distributed")
 
     # --- evaluation ---
     eval_every: int = _f(0, "iterations between sliced Wasserstein distances to the data "
@@ -190,6 +197,7 @@ class Config:
         self._validate_kinds()
 
         need(self.iters >= 1, f"--iters must be at least 1 (got {self.iters})")
+        need(self.dist_timeout >= 1, f"--dist-timeout must be at least 1 second (got {self.dist_timeout})")
         need(self.batch_size >= 2, f"--batch-size must be at least 2: BatchNorm needs 2 samples (got {self.batch_size})")
         need(self.image_size in IMAGE_SIZES,
              f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} (got {self.image_size})")
@@ -281,6 +289,7 @@ GROUP_TITLES = {
     "data": "data",
     "model": "model (DCGAN, the paper's networks)",
     "training": "training",
+    "distributed": "several processes (torchrun --nproc_per_node N -m fastwgan.train ...)",
     "eval": "evaluation",
 }
 

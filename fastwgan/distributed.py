@@ -144,6 +144,14 @@ def exit_process(code: int) -> None:
     os._exit(code)
 
 
+def launched_as(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """(rank, world size) as torchrun's environment describes them, before any process group:
+    (0, 1) without torchrun."""
+    if not all(v in environ for v in _TORCHRUN_VARS):
+        return 0, 1
+    return int(environ["RANK"]), int(environ["WORLD_SIZE"])
+
+
 def restart_count(environ: Mapping[str, str] = os.environ) -> int:
     """How many times torchrun has restarted this job's processes (``--max-restarts``); 0 for a
     first start or without torchrun."""

@@ -12,6 +12,7 @@ if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line 
     quiet_interrupt()
 
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -22,6 +23,8 @@ import sys
 import time
 import types
 import warnings
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,10 +32,11 @@ import numpy as np
 import torch
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import runfolder
+from fastwgan import distributed, runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset, sample_images
 from fastwgan.data.pillow import undecodable_warning
+from fastwgan.distributed import SINGLE, World
 from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
 from fastwgan.metrics import swd_for_training
@@ -60,17 +64,33 @@ RUN_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.jsonl", "loss.png", "real_samples
 
 class RunLog:
     """Prints each line and keeps it in the run folder's ``train.log``. Lines logged before the
-    folder exists (the data is checked first) are written when it is opened."""
+    folder exists (the data is checked first) are written when it is opened.
+
+    ``echo=None``: a rank other than 0 of several, which neither prints nor keeps its lines (rank 0
+    says the same)."""
 
     def __init__(self, echo=print, command: str = ""):
         self.echo, self.pending, self.file, self.command = echo, [], None, command
+        self.quiet = echo is None
 
     def __call__(self, line: str) -> None:
+        if self.quiet:
+            return
         self.echo(line)
         self.write(line)
 
+    def progress(self, line: str, on_screen: bool, show) -> None:
+        """A progress line: kept, and shown with ``show`` (the bar's write) when ``on_screen``."""
+        if self.quiet:
+            return
+        self.write(line)
+        if on_screen:
+            show(line)
+
     def write(self, line: str) -> None:
         """To the file only (what the progress bar already showed)."""
+        if self.quiet:
+            return
         if self.file is None:
             self.pending.append(line)
             return
@@ -220,6 +240,7 @@ def parse_config(argv: Optional[Sequence[str]], given: Optional[dict] = None
     ``source_dir``: the run folder it came from."""
     parser = build_parser(description=DESCRIPTION)
     args = parser.parse_args(argv, namespace=argparse.Namespace(**(given or {})))
+    restart = resume_after_restart(args)
     if args.resume is None:
         cfg = config_from_args(args)
         if holds_run(cfg.out) and not cfg.overwrite:
@@ -242,7 +263,24 @@ def parse_config(argv: Optional[Sequence[str]], given: Optional[dict] = None
     args.preset = None  # the saved config already has the preset applied
     cfg = config_from_args(args, base=saved)
     ckpt["source_dir"] = str(source)
-    return cfg, ckpt, ignored_flags(args, cfg)
+    return cfg, ckpt, restart + ignored_flags(args, cfg)
+
+
+def resume_after_restart(args) -> list[str]:
+    """Under ``torchrun --max-restarts K``, a restarted job continues from its run folder's last
+    checkpoint (``args.resume`` set to it) rather than starting again or resuming the checkpoint
+    the first start resumed; a note for the log. No checkpoint yet: the run starts afresh."""
+    restarts = distributed.restart_count()
+    if restarts == 0:
+        return []
+    folder = args.out
+    if folder is None and args.resume is not None:
+        folder = str(ckpt_io.checkpoint_path(args.resume).parent)
+    folder = folder or Config().out
+    if not holds_run(folder):
+        return []
+    args.resume, args.out = folder, folder
+    return [f"note: torchrun restart {restarts}: continuing from the last checkpoint in {folder}"]
 
 
 def resolve_backend(cfg: Config, device: torch.device) -> str:
@@ -271,28 +309,182 @@ def kernels_pass(cfg: Config, device: torch.device, dtype) -> bool:
     return False
 
 
-def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype):
+def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype,
+                world: World = SINGLE):
     """The reference engine, or the fast one fed by the device-side sampler where the dataset
-    is resident (by the batch stream otherwise)."""
+    is resident (by the batch stream otherwise). Every rank takes the same engine: where the
+    kernels' check fails on some rank, all of them fall back to the reference."""
+    kw = dict(world=world, sync_bn=cfg.sync_bn)
     if resolve_backend(cfg, device) == "reference":
-        return ReferenceEngine(cfg, G, D, batches, device, dtype)
+        return ReferenceEngine(cfg, G, D, batches, device, dtype, **kw)
     from fastwgan.fast import FastEngine
 
-    if not kernels_pass(cfg, device, dtype):
-        return ReferenceEngine(cfg, G, D, batches, device, dtype)
+    if distributed.any_rank(not kernels_pass(cfg, device, dtype), world):
+        return ReferenceEngine(cfg, G, D, batches, device, dtype, **kw)
     # the fast engine's layout: channels_last on CUDA, NCHW on a CPU
     sampler = (batches.sampler(channels_last=device.type == "cuda") if batches.mode == "resident"
                else batches)
-    return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs)
+    return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs, **kw)
 
+
+# --- what the run folder gets ---------------------------------------------------------------------
+
+class RunFolder:
+    """Everything a run writes into ``--out``: the lock, train.log, config.json, metrics.jsonl,
+    samples, loss.png, the TensorBoard events and the checkpoint. With several processes rank 0
+    holds one; the others hold a ``NoRunFolder``, which writes nothing."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.events = EventLog(cfg)  # --tensorboard
+        self.replaced: Optional[Path] = None
+        self.real_eval: Optional[torch.Tensor] = None
+        self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    def locked(self):
+        """Held while the run lasts: one run at a time in a folder (fastwgan.runfolder.RunLock)."""
+        return runfolder.RunLock(self.out)
+
+    def clean(self) -> None:
+        runfolder.remove_orphans(self.out)
+
+    def open(self, resume: Optional[dict], log: RunLog) -> None:
+        """The folder, once the data is known to load. A fresh run (or a run resumed into another
+        folder) starts from a folder without an earlier run's files; a run resumed in place keeps
+        its history."""
+        out = self.out
+        source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
+        self.in_place = in_place = resume is not None and source.resolve() == out.resolve()
+        self.source = source
+        self.replaced = clear_run(out) if not in_place and out.exists() else None
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        if resume and not in_place and (source / "metrics.jsonl").exists():
+            shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
+        log.open(out / "train.log", append=in_place)
+        if self.replaced is not None:
+            log(f"note: the run that was in {out} is kept in {self.replaced} until this run writes "
+                "its first checkpoint")
+        if resume and not in_place:
+            log(f"resuming {source} (iteration {resume['iteration']}) into {out}")
+
+    def dropped_rows(self, iteration: int) -> bool:
+        """Whether the log above holds rows past ``iteration`` that a resume drops."""
+        return self.in_place and dropped_rows(self.out / "metrics.jsonl", iteration) > 0
+
+    def start(self, dataset, resume: Optional[dict], log: RunLog) -> None:
+        """config.json, the real samples, the evaluation's real images, the metrics so far."""
+        cfg, out = self.cfg, self.out
+        runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
+        self.events.open(out, resume["iteration"] if resume else None, self.source)
+        if not (out / "real_samples.png").exists():
+            # (files that do not decode were reported above, or are warned about by the stream)
+            real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
+            save_grid(real, out / "real_samples.png", nrow=8)
+            self.events.real_images(real)
+        if cfg.eval_every:
+            self.real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3,
+                                           cfg.workers, failed=[])
+            log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(self.real_eval)} samples to "
+                f"as many real images every {cfg.eval_every} iterations")
+        self.metrics = MetricsLog(out / "metrics.jsonl")
+        if resume:
+            self.metrics.truncate_after(resume["iteration"])
+        elif self.metrics.path.exists():
+            self.metrics.path.unlink()
+
+    def evaluate(self, G: torch.nn.Module) -> dict:
+        swd = swd_for_training(G, self.real_eval, z_seed=self.cfg.seed + 2)
+        return {"swd": swd["mean"], "swd_levels": swd["levels"]}
+
+    def metrics_row(self, row: dict) -> None:
+        self.metrics.append(row)
+        self.events.scalars(row)
+
+    def samples(self, G: torch.nn.Module, iteration: int) -> None:
+        G.eval()
+        with torch.no_grad():
+            fake = G(self.fixed_z.to(next(G.parameters()).device))
+            save_grid(fake, self.out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            self.events.images("samples", fake, iteration)
+        G.train()
+        plot_losses(self.metrics.read(), self.out / "loss.png",
+                    title=f"{self.cfg.loss}, {self.cfg.image_size}x{self.cfg.image_size}")
+
+    def histograms(self, nets: dict, iteration: int) -> None:
+        self.events.histograms(nets, iteration)
+
+    def checkpoint(self, state: dict) -> None:
+        ckpt_io.save_atomic(state, self.out / ckpt_io.CHECKPOINT_NAME)
+        if self.replaced is not None and self.replaced.exists():
+            shutil.rmtree(self.replaced, ignore_errors=True)
+
+    def close(self) -> None:
+        self.events.close()
+
+
+class NoRunFolder(RunFolder):
+    """A rank other than 0: the same calls, nothing written (rank 0 writes for the run)."""
+
+    def locked(self):
+        return contextlib.nullcontext()
+
+    def clean(self) -> None:
+        pass
+
+    def open(self, resume, log) -> None:
+        self.in_place, self.source = False, self.out
+
+    def start(self, dataset, resume, log) -> None:
+        pass
+
+    def evaluate(self, G) -> dict:
+        return {}
+
+    def metrics_row(self, row) -> None:
+        pass
+
+    def samples(self, G, iteration) -> None:
+        pass
+
+    def histograms(self, nets, iteration) -> None:
+        pass
+
+    def checkpoint(self, state) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- the run: one process, or one rank of several ----------------------------------------------------
 
 def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence[str] = (),
           command: str = "") -> dict:
     """Run the training loop to ``cfg.iters``; returns a summary. Raises Stop to end early.
 
-    Everything logged also goes to ``train.log`` in the run folder, after a line with the time
-    and ``command``."""
-    run_log = RunLog(log, command)
+    Under torchrun this process is one rank of several (fastwgan.distributed): it joins the
+    process group here and leaves it when the run ends, however it ends. Everything logged also
+    goes to ``train.log`` in the run folder (rank 0's), after a line with the time and
+    ``command``."""
+    device = pick_device(cfg.device)
+    world = distributed.init_from_env(device.type, timeout=timedelta(seconds=cfg.dist_timeout))
+    try:
+        return _train_logged(cfg, resume, log, notes, command, world)
+    except Exception as e:
+        if world.distributed and distributed.lost_peer(e):
+            raise Stop(f"lost another process of the run ({distributed.lost_peer_reason(e)}); "
+                       f"stopping. The last checkpoint written (if any) is kept in "
+                       f"{Path(cfg.out) / ckpt_io.CHECKPOINT_NAME}", 1) from None
+        raise
+    finally:
+        distributed.shutdown(world)
+
+
+def _train_logged(cfg: Config, resume: Optional[dict], log, notes: Sequence[str], command: str,
+                  world: World) -> dict:
+    """``_train`` with its log kept in train.log and its stops recorded there."""
+    run_log = RunLog(log if world.is_writer else None, command)
+    folder = RunFolder(cfg) if world.is_writer else NoRunFolder(cfg)
     show_warning = warnings.showwarning
 
     def show_and_keep(message, category, filename, lineno, file=None, line=None):
@@ -301,9 +493,9 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
 
     warnings.showwarning = show_and_keep
     try:
-        with runfolder.RunLock(cfg.out):  # before any data is decoded; released when the run ends
-            runfolder.remove_orphans(cfg.out)
-            return _train(cfg, resume, run_log, notes)
+        with folder.locked():  # before any data is decoded; released when the run ends
+            folder.clean()
+            return _train(cfg, resume, run_log, notes, world, folder)
     except OSError as e:
         if not runfolder.is_write_failure(e):
             raise
@@ -323,26 +515,52 @@ def train(cfg: Config, resume: Optional[dict] = None, log=print, notes: Sequence
     except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was set
         run_log.write("interrupted before training started")
         raise
+    except Exception as e:
+        if world.distributed and distributed.lost_peer(e):
+            run_log.write(f"stopped: lost another process of the run ({distributed.lost_peer_reason(e)})")
+        raise
     finally:
         warnings.showwarning = show_warning
+        folder.close()
         run_log.close()
 
 
-def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str]) -> dict:
-    from tqdm import tqdm
-
-    out = Path(cfg.out)
+def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str], world: World,
+           folder: RunFolder) -> dict:
     for note in notes:
         log(note)
-    device = pick_device(cfg.device)
+    device = world.device
     dtype = amp_dtype(cfg, device, log)
     threads = set_threads(cfg.threads)
-    events = EventLog(cfg)  # --tensorboard
+    try:
+        distributed.split_batch(cfg.batch_size, world.world_size)
+    except distributed.BatchSplitError as e:
+        raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    # --- data ---
+    dataset, batches = setup_data(cfg, device, world, resume, log)
+    folder.open(resume, log)
+    G, D, engine = setup_models(cfg, device, dtype, batches, world, resume)
+    start = restore_or_seed(cfg, engine, resume, world, folder, log)
+    log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"{threads} CPU threads, engine: {engine.describe()}, "
+        f"precision: {'bf16 autocast' if dtype else 'fp32'}, {cfg.describe_loss()}, batch {cfg.batch_size}, "
+        f"{cfg.image_size}x{cfg.image_size}")
+    if world.distributed:
+        log(f"processes: {world.world_size} ({world.backend}), batch {cfg.batch_size} = "
+            f"{world.world_size} x {batches.batch_size}, BatchNorm "
+            f"{'over the global batch (--sync-bn)' if cfg.sync_bn else 'per process'}")
+    if device.type == "cpu" and cfg.image_size >= 64 and cfg.iters - start.iteration >= 10_000:
+        log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
+    folder.start(dataset, resume, log)
+    return TrainingLoop(cfg, engine, folder, world, log, start).run()
+
+
+def setup_data(cfg: Config, device: torch.device, world: World, resume: Optional[dict], log):
+    """The dataset and this rank's batches (its share of each global batch), from the resume
+    point on."""
     dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
@@ -351,208 +569,229 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         log(f"data: {len(dataset.files)} images under {dataset.root}")
     if dataset.warning():
         log(f"warning: {dataset.warning()}")
-    start_iter = resume["iteration"] if resume else 0
     batches = Batches(dataset, cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, device,
                       mode=cfg.data_mode, workers=cfg.workers,
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
-                      backend=cfg.data_backend)
+                      backend=cfg.data_backend, shard=(world.rank, world.world_size))
     log(f"loader: {batches.describe()}")
     if batches.undecodable:
         log(f"warning: {undecodable_warning(batches.undecodable, len(dataset.files))}")
+    return dataset, batches
 
-    # --- the run folder, once the data is known to load ---
-    # A fresh run (or a run resumed into another folder) starts from a folder without an earlier
-    # run's files; a run resumed in place keeps its history.
-    source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
-    in_place = resume is not None and source.resolve() == out.resolve()
-    replaced = clear_run(out) if not in_place and out.exists() else None
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    if resume and not in_place and (source / "metrics.jsonl").exists():
-        shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
-    log.open(out / "train.log", append=in_place)
-    if replaced is not None:
-        log(f"note: the run that was in {out} is kept in {replaced} until this run writes its "
-            "first checkpoint")
-    if resume and not in_place:
-        log(f"resuming {source} (iteration {start_iter}) into {out}")
 
-    # --- models, optimizers, engine ---
+def setup_models(cfg: Config, device: torch.device, dtype, batches: Batches, world: World,
+                 resume: Optional[dict]):
+    """Both networks (from the checkpoint when resuming) and the engine with their optimizers."""
     G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers).to(device)
     D = Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
                norm=cfg.critic_normalization).to(device)
     if resume:  # before the engine: the fast one re-lays parameters into flat buffers
         G.load_state_dict(resume["generator"])
         D.load_state_dict(resume["critic"])
-    engine = make_engine(cfg, G, D, batches, device, dtype)
-    elapsed0 = 0.0
+    engine = make_engine(cfg, G, D, batches, device, dtype, world)
     if resume:
         engine.opt_g.load_state_dict(resume["opt_g"])
         engine.opt_d.load_state_dict(resume["opt_d"])
-        elapsed0 = resume.get("elapsed", 0.0)
-        ckpt_io.set_rng_state(resume["rng"])
-        dropped = in_place and dropped_rows(out / "metrics.jsonl", start_iter) > 0
-        log(f"resumed from iteration {start_iter}" + (
-            " (what the log above says of later iterations was not kept)" if dropped else ""))
-    log(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"{threads} CPU threads, engine: {engine.describe()}, "
-        f"precision: {'bf16 autocast' if dtype else 'fp32'}, {cfg.describe_loss()}, batch {cfg.batch_size}, "
-        f"{cfg.image_size}x{cfg.image_size}")
+    return G, D, engine
 
-    if device.type == "cpu" and cfg.image_size >= 64 and cfg.iters - start_iter >= 10_000:
-        log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
 
-    # --- outputs ---
-    runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
-    events.open(out, start_iter if resume else None, source)
-    fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
-    if not (out / "real_samples.png").exists():
-        # (files that do not decode were reported above, or are warned about by the stream)
-        real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
-        save_grid(real, out / "real_samples.png", nrow=8)
-        events.real_images(real)
-    if cfg.eval_every:
-        real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3, cfg.workers,
-                                  failed=[])
-        log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(real_eval)} samples to as many "
-            f"real images every {cfg.eval_every} iterations")
-    metrics = MetricsLog(out / "metrics.jsonl")
-    if resume:
-        metrics.truncate_after(start_iter)
-    elif metrics.path.exists():
-        metrics.path.unlink()
+@dataclass
+class StartPoint:
+    """Where the loop starts: the iteration, the training time so far, and what the next metrics
+    row averages over so far (this rank's loss sums, the steps they count)."""
 
-    def save_samples(iteration: int) -> None:
-        G.eval()
-        with torch.no_grad():
-            fake = G(fixed_z)
-            save_grid(fake, out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
-            events.images("samples", fake, iteration)
-        G.train()
-        plot_losses(metrics.read(), out / "loss.png", title=f"{cfg.loss}, {cfg.image_size}x{cfg.image_size}")
+    iteration: int = 0
+    elapsed: float = 0.0
+    critic_steps: int = 0
+    gen_steps: int = 0
 
-    last_good = {"iteration": start_iter if resume else None}
 
-    def save_checkpoint(iteration: int, elapsed: float) -> None:
+def restore_or_seed(cfg: Config, engine, resume: Optional[dict], world: World, folder: RunFolder,
+                    log) -> StartPoint:
+    """The random streams and the partial log averages of the checkpoint, for this rank.
+
+    A fresh run of several ranks seeds each rank's stream from (seed, rank). A resumed one takes
+    this rank's saved state when the world size is the checkpoint's (exact); with another world
+    size it continues, not bit for bit, and says so once."""
+    if resume is None:
+        if world.distributed:
+            distributed.seed_device_rng(cfg.seed, world)
+        return StartPoint()
+    it = resume["iteration"]
+    rng, sums, exact = ckpt_io.resume_point(resume, world.rank, world.world_size)
+    if rng is not None:
+        ckpt_io.set_rng_state(rng, world.device if world.distributed else None)
+    else:
+        torch.manual_seed(distributed.resume_seed(cfg.seed, world.rank, it))
+    start = StartPoint(it, resume.get("elapsed", 0.0))
+    if "log_accum" in resume:
+        engine.sums.copy_(sums)
+        start.critic_steps = resume["log_accum"]["critic_steps"]
+        start.gen_steps = resume["log_accum"]["gen_steps"]
+    log(f"resumed from iteration {it}" + (
+        " (what the log above says of later iterations was not kept)" if folder.dropped_rows(it) else ""))
+    if not exact:
+        saved = resume.get("world_size", 1)
+        log(f"note: the checkpoint was written by {saved} process{'es' if saved > 1 else ''}, this "
+            f"run has {world.world_size}: it continues from the same weights, optimizer state and "
+            "data position, but not bit for bit (the random streams of the processes differ)")
+    return start
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+class TrainingLoop:
+    """The phases (``engine.iteration``) with log points, samples and checkpoints at intervals.
+
+    With several ranks it is the same loop; the differences are named: the loss sums are averaged
+    over the ranks at log points (``mean_over_ranks``) where the weights are also compared
+    (``check_in_sync``); a stop signal is agreed on at every iteration (``any_rank``), so every
+    rank writes its part of the same checkpoint; a checkpoint gathers every rank's RNG state and
+    sums (``gather_to_writer``). The run folder is rank 0's (``RunFolder``)."""
+
+    def __init__(self, cfg: Config, engine, folder: RunFolder, world: World, log: RunLog,
+                 start: StartPoint):
+        self.cfg, self.engine, self.folder, self.world, self.log = cfg, engine, folder, world, log
+        self.G, self.D = engine.G, engine.D
+        self.start = start
+        self.sums = engine.sums  # loss_d, d_real, d_fake (summed over critic steps), loss_g, ...
+        self.n_crit, self.n_gen = start.critic_steps, start.gen_steps
+        self.last_good: Optional[int] = start.iteration if start.iteration else None
+        self.stop_signal: list[int] = []
+
+    # SIGINT/SIGTERM: finish the iteration, write a checkpoint, stop. A second signal stops at once.
+    def _on_signal(self, signum, _frame):
+        if self.stop_signal:
+            raise Interrupted(signum)
+        self.stop_signal.append(signum)
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        cfg, engine, start_iter = self.cfg, self.engine, self.start.iteration
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.t_log = time.perf_counter()
+        self.t_start = self.t_log - self.start.elapsed
+        self.images_since_log = 0
+        # the bar only where a terminal shows it; logs (non-tty) get a line every --log-every instead
+        self.show_bar = cfg.progress and sys.stderr.isatty() and self.world.is_writer
+        self.bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
+                        disable=not self.show_bar, smoothing=0.05)
+        described = engine.describe()
+        try:
+            for it in range(start_iter, cfg.iters):
+                n_critic = cfg.n_critic_at(it)
+                engine.iteration(n_critic)
+                if it == start_iter and engine.describe() != described:  # e.g. a capture that failed
+                    self.log(f"engine: {engine.describe()}")
+                self.n_crit += n_critic
+                self.n_gen += 1
+                self.images_since_log += n_critic * cfg.batch_size  # the global batch: every rank
+                done = it + 1
+                self.bar.update(1)
+
+                evaluate = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.iters)
+                if done % cfg.log_every == 0 or done == cfg.iters or evaluate:
+                    self.log_point(done, evaluate)
+
+                stop = distributed.any_rank(bool(self.stop_signal), self.world)
+                t_io = time.perf_counter()
+                if done % cfg.sample_every == 0 or done == cfg.iters:
+                    self.folder.samples(self.G, done)
+                self.folder.histograms({"G": self.G, "D": self.D}, done)
+                if done % cfg.ckpt_every == 0 or done == cfg.iters or stop:
+                    self.checkpoint(done, time.perf_counter() - self.t_start)
+                self.t_log += time.perf_counter() - t_io  # img/s counts training time only
+                if stop:
+                    signum = self.stop_signal[0] if self.stop_signal else signal.SIGTERM
+                    name = signal.Signals(signum).name
+                    how = "" if self.stop_signal else " (by another process of the run)"
+                    raise Stop(f"{name}{how}: stopped at iteration {done}; checkpoint written. "
+                               f"Continue with python -m fastwgan.train --resume {cfg.out}", 128 + signum)
+        finally:
+            self.bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+        total = time.perf_counter() - self.t_start
+        out = Path(cfg.out)
+        this_session = f", {cfg.iters - start_iter} of them in this session" if start_iter else ""
+        self.log(f"done: {cfg.iters} iterations{this_session}, {total / 60:.1f} min of training. "
+                 f"Samples: {out / 'samples'}, losses: {out / 'loss.png'}, log: {out / 'train.log'}, "
+                 f"checkpoint: {out / ckpt_io.CHECKPOINT_NAME}")
+        return {"iteration": cfg.iters, "elapsed": total, "out": str(out)}
+
+    def log_point(self, done: int, evaluate: bool) -> None:
+        """A metrics row: the losses since the last one, averaged over the ranks (a host sync)."""
+        cfg, engine = self.cfg, self.engine
+        s = distributed.mean_over_ranks(self.sums, self.world).tolist()  # host sync
+        if not all(math.isfinite(v) for v in s):
+            self.raise_nonfinite(done)
+        try:
+            distributed.check_in_sync(engine.parameter_sets(), self.world)
+        except distributed.OutOfSync as e:
+            raise Stop(f"{e} (at iteration {done})", 1) from None
+        now = time.perf_counter()
+        ips = self.images_since_log / max(now - self.t_log, 1e-9)
+        n_crit, n_gen = self.n_crit, self.n_gen
+        row = {
+            "iter": done, "time": round(now - self.t_start, 3),
+            "wdist": (s[1] - s[2]) / n_crit if engine.objective.wasserstein else None,
+            "loss_d": s[0] / n_crit, "loss_g": s[3] / n_gen,
+            "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
+            **engine.objective.extra_means(s, n_crit),  # wgan-gp: gp, grad_norm
+            "critic_steps": n_crit, "img_per_s": round(ips, 1),
+        }
+        if evaluate:
+            row.update(self.folder.evaluate(self.G))
+            now = time.perf_counter()  # the evaluation is not training time
+        self.folder.metrics_row(row)
+        w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
+        if "gp" in row:
+            w += f"GP {row['gp']:.3g}  |grad| {row['grad_norm']:.3g}  "
+        if "swd" in row:
+            w += f"SWD {row['swd']:.1f}  "
+        self.bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
+        line = (f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4g}  "
+                f"loss_G {row['loss_g']:.4g}  {ips:,.0f} img/s")
+        on_screen = not self.show_bar or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters
+        self.log.progress(line, on_screen, self.bar.write)
+        self.sums.zero_()
+        self.n_crit = self.n_gen = self.images_since_log = 0
+        self.t_log = now
+
+    def checkpoint(self, iteration: int, elapsed: float) -> None:
+        """Every rank's part (its RNG state and loss sums) gathered to rank 0, which writes."""
+        G, D, engine = self.G, self.D, self.engine
         # host sync: a checkpoint is only written from finite weights
         if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
-            raise_nonfinite(iteration)
-        ckpt_io.save_atomic({
-            "format": ckpt_io.FORMAT_VERSION,
-            "config": cfg.to_dict(),
-            "generator": G.state_dict(), "critic": D.state_dict(),
-            "opt_g": engine.opt_g.state_dict(), "opt_d": engine.opt_d.state_dict(),
-            "iteration": iteration, "data_position": engine.data_position,
-            "elapsed": elapsed, "rng": ckpt_io.rng_state(),
-            # what the next metrics row averages over so far: a resumed run logs the same rows
-            "log_accum": {"sums": sums.cpu(), "critic_steps": n_crit, "gen_steps": n_gen},
-        }, out / ckpt_io.CHECKPOINT_NAME)
-        last_good["iteration"] = iteration
-        if replaced is not None and replaced.exists():
-            shutil.rmtree(replaced, ignore_errors=True)
+            self.raise_nonfinite(iteration)
+        world = self.world
+        parts = distributed.gather_to_writer(
+            (ckpt_io.rng_state(world.device if world.distributed else None), self.sums.cpu()), world)
+        if parts is not None:
+            rngs, sums = [p[0] for p in parts], [p[1] for p in parts]
+            mean_sums = sums[0] if len(sums) == 1 else torch.stack(sums).mean(0)
+            self.folder.checkpoint({
+                "format": ckpt_io.FORMAT_VERSION,
+                "config": self.cfg.to_dict(),
+                "generator": G.state_dict(), "critic": D.state_dict(),
+                "opt_g": engine.opt_g.state_dict(), "opt_d": engine.opt_d.state_dict(),
+                "iteration": iteration, "data_position": engine.data_position,
+                "elapsed": elapsed,
+                # what the next metrics row averages over so far: a resumed run logs the same rows
+                "log_accum": {"sums": mean_sums, "critic_steps": self.n_crit, "gen_steps": self.n_gen},
+                **ckpt_io.rank_entries(rngs, sums),  # the world size, every rank's RNG state
+            })
+        self.last_good = iteration
 
-    def raise_nonfinite(iteration: int) -> None:
-        kept = (f"the last good checkpoint, from iteration {last_good['iteration']}, is kept in "
-                f"{out / ckpt_io.CHECKPOINT_NAME}" if last_good["iteration"] is not None
+    def raise_nonfinite(self, iteration: int) -> None:
+        out = Path(self.cfg.out)
+        kept = (f"the last good checkpoint, from iteration {self.last_good}, is kept in "
+                f"{out / ckpt_io.CHECKPOINT_NAME}" if self.last_good is not None
                 else "no checkpoint had been written yet")
         raise Stop(f"the loss became NaN or Inf by iteration {iteration}; stopping. {kept}. "
                    "Try a lower --lr (or no --amp), and check the data.", 1)
-
-    # SIGINT/SIGTERM: finish the iteration, write a checkpoint, stop. A second signal stops at once.
-    stop_signal: list[int] = []
-
-    def on_signal(signum, _frame):
-        if stop_signal:
-            raise Interrupted(signum)
-        stop_signal.append(signum)
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    # --- the loop ---
-    sums = engine.sums  # loss_d, d_real, d_fake (summed over critic steps), loss_g, on the device
-    n_crit = n_gen = 0
-    if resume and "log_accum" in resume:
-        acc = resume["log_accum"]
-        sums.copy_(acc["sums"])
-        n_crit, n_gen = acc["critic_steps"], acc["gen_steps"]
-    t_log = time.perf_counter()
-    t_start = t_log - elapsed0
-    images_since_log = 0
-    # the bar only where a terminal shows it; logs (non-tty) get a line every --log-every instead
-    show_bar = cfg.progress and sys.stderr.isatty()
-    bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-               disable=not show_bar, smoothing=0.05)
-    described = engine.describe()
-    try:
-        for it in range(start_iter, cfg.iters):
-            n_critic = cfg.n_critic_at(it)
-            engine.iteration(n_critic)
-            if it == start_iter and engine.describe() != described:  # e.g. a capture that failed
-                log(f"engine: {engine.describe()}")
-            n_crit += n_critic
-            n_gen += 1
-            images_since_log += n_critic * cfg.batch_size
-            done = it + 1
-            bar.update(1)
-
-            evaluate = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.iters)
-            if done % cfg.log_every == 0 or done == cfg.iters or evaluate:
-                s = sums.tolist()  # host sync
-                if not all(math.isfinite(v) for v in s):
-                    raise_nonfinite(done)
-                now = time.perf_counter()
-                ips = images_since_log / max(now - t_log, 1e-9)
-                row = {
-                    "iter": done, "time": round(now - t_start, 3),
-                    "wdist": (s[1] - s[2]) / n_crit if engine.objective.wasserstein else None,
-                    "loss_d": s[0] / n_crit, "loss_g": s[3] / n_gen,
-                    "d_real": s[1] / n_crit, "d_fake": s[2] / n_crit,
-                    **engine.objective.extra_means(s, n_crit),  # wgan-gp: gp, grad_norm
-                    "critic_steps": n_crit, "img_per_s": round(ips, 1),
-                }
-                if evaluate:
-                    swd = swd_for_training(G, real_eval, z_seed=cfg.seed + 2)
-                    row["swd"], row["swd_levels"] = swd["mean"], swd["levels"]
-                    now = time.perf_counter()  # the evaluation is not training time
-                metrics.append(row)
-                events.scalars(row)
-                w = f"W {row['wdist']:.4g}  " if row["wdist"] is not None else ""
-                if "gp" in row:
-                    w += f"GP {row['gp']:.3g}  |grad| {row['grad_norm']:.3g}  "
-                if evaluate:
-                    w += f"SWD {row['swd']:.1f}  "
-                bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
-                line = (f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4g}  "
-                        f"loss_G {row['loss_g']:.4g}  {ips:,.0f} img/s")
-                log.write(line)
-                if not show_bar or evaluate or done % (cfg.log_every * 10) == 0 or done == cfg.iters:
-                    bar.write(line)
-                sums.zero_()
-                n_crit = n_gen = images_since_log = 0
-                t_log = now
-
-            t_io = time.perf_counter()
-            if done % cfg.sample_every == 0 or done == cfg.iters:
-                save_samples(done)
-            events.histograms({"G": G, "D": D}, done)
-            if done % cfg.ckpt_every == 0 or done == cfg.iters or stop_signal:
-                save_checkpoint(done, time.perf_counter() - t_start)
-            t_log += time.perf_counter() - t_io  # img/s counts training time only
-            if stop_signal:
-                name = signal.Signals(stop_signal[0]).name
-                raise Stop(f"{name}: stopped at iteration {done}; checkpoint written. Continue with "
-                           f"python -m fastwgan.train --resume {out}", 128 + stop_signal[0])
-    finally:
-        bar.close()
-        events.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-
-    total = time.perf_counter() - t_start
-    this_session = f", {cfg.iters - start_iter} of them in this session" if resume else ""
-    log(f"done: {cfg.iters} iterations{this_session}, {total / 60:.1f} min of training. "
-        f"Samples: {out / 'samples'}, losses: {out / 'loss.png'}, log: {out / 'train.log'}, "
-        f"checkpoint: {out / ckpt_io.CHECKPOINT_NAME}")
-    return {"iteration": cfg.iters, "elapsed": total, "out": str(out)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -561,22 +800,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
+    # With several processes, rank 0 reports what every rank meets alike (bad input, a signal);
+    # every rank reports its own failures, naming its rank.
+    rank, world_size = distributed.launched_as()
+    prefix = f"rank {rank}: " if world_size > 1 else ""
+
+    def report(message: str, shared: bool) -> None:
+        if rank == 0 or not shared:
+            print(prefix + message, file=sys.stderr)
+
     try:
         cfg, resume, notes = parse_config(argv)
         if resume and resume["iteration"] >= cfg.iters:
-            print(f"the checkpoint is at iteration {resume['iteration']}, at or past --iters "
-                  f"{cfg.iters}; pass a larger --iters to train further")
+            if rank == 0:
+                print(f"the checkpoint is at iteration {resume['iteration']}, at or past --iters "
+                      f"{cfg.iters}; pass a larger --iters to train further")
             return 0
         args = list(sys.argv[1:] if argv is None else argv)
         train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
     except (ConfigError, DataError, ckpt_io.CheckpointError, runfolder.RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(f"error: {e}", shared=True)
         return 2
     except Stop as e:
-        print(("error: " if e.code == 1 else "") + str(e), file=sys.stderr)
+        report(("error: " if e.code == 1 else "") + str(e), shared=e.code != 1)
         return e.code
     except KeyboardInterrupt as e:
-        print("interrupted; the last checkpoint written (if any) is kept", file=sys.stderr)
+        report("interrupted; the last checkpoint written (if any) is kept", shared=True)
         return 128 + getattr(e, "signum", signal.SIGINT)
     return 0
 
@@ -595,4 +844,7 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed.launched_as()[1] > 1:
+        distributed.exit_process(code)  # see its docstring
+    sys.exit(code)
