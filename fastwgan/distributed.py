@@ -104,8 +104,17 @@ def init(rank: int, world_size: int, device: torch.device | str, init_method: st
         return World(device=device)
     backend = backend or backend_for(device)
     kw = {"device_id": device} if backend == "nccl" else {}
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timeout, **kw)
+    if init_method == "env://":
+        # torchrun keeps its store across restarts (--max-restarts): the keys of an earlier
+        # attempt would point the new processes at dead peers (gloo, torch 2.13: "connectFullMesh
+        # failed ... Connection refused"), so each attempt gets keys of its own
+        store, _, _ = next(dist.rendezvous(init_method, rank, world_size, timeout=timeout))
+        store = dist.PrefixStore(f"fastwgan/attempt{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timeout, **kw)
+    else:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timeout, **kw)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     return World(rank, world_size, local_rank, backend, device, control)
 
