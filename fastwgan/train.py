@@ -548,6 +548,9 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
         f"{threads} CPU threads, engine: {engine.describe()}, "
         f"precision: {'bf16 autocast' if dtype else 'fp32'}, {cfg.describe_loss()}, batch {cfg.batch_size}, "
         f"{cfg.image_size}x{cfg.image_size}")
+    if cfg.sync_bn and not world.distributed:
+        log("note: --sync-bn normalises over the processes of a torchrun job; one process has "
+            "nothing to synchronise")
     if world.distributed:
         log(f"processes: {world.world_size} ({world.backend}), batch {cfg.batch_size} = "
             f"{world.world_size} x {batches.batch_size}, BatchNorm "

@@ -137,6 +137,16 @@ def test_two_ranks_write_once_resume_exactly_and_across_world_sizes(tmp_path, da
     assert [row["iter"] for row in rows(twice)] == list(range(1, 11))
 
 
+def test_fast_engine_with_sync_bn_resumes_exactly(tmp_path, data16):
+    fast = ["--backend", "fast", "--sync-bn", "--data-mode", "resident", "--data", data16]
+    r = ok(torchrun(*fast, "--out", tmp_path / "once", "--iters", 4))
+    assert "one all-reduce per step, sync BatchNorm" in r.stdout
+    assert "BatchNorm over the global batch (--sync-bn)" in r.stdout
+    ok(torchrun(*fast, "--out", tmp_path / "twice", "--iters", 2))
+    ok(torchrun("--resume", tmp_path / "twice", "--iters", 4))
+    assert_same_training(ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice"))
+
+
 def test_batch_that_does_not_split_is_one_line_exit_2(tmp_path, data16):
     r = torchrun("--data", data16, "--out", tmp_path / "r", "--batch-size", 7)
     assert r.returncode != 0
