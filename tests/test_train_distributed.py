@@ -10,6 +10,7 @@ one checkpoint; ``--max-restarts`` continues from the last checkpoint by itself.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -95,7 +96,8 @@ COMMON = ["--n-critic", 2, "--n-critic-warmup", 3, "--batch-size", 4, "--ckpt-ev
 
 def test_two_ranks_write_once_resume_exactly_and_across_world_sizes(tmp_path, data16):
     once, twice = tmp_path / "once", tmp_path / "twice"
-    r = ok(torchrun(*COMMON, "--data", data16, "--out", once, "--iters", 6, "--sample-every", 3))
+    tb = ["--tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    r = ok(torchrun(*COMMON, "--data", data16, "--out", once, "--iters", 6, "--sample-every", 3, *tb))
 
     # rank 0 alone writes, once: one header, one "done", one row per iteration, samples at 3 and 6
     log = (once / "train.log").read_text()
@@ -104,8 +106,11 @@ def test_two_ranks_write_once_resume_exactly_and_across_world_sizes(tmp_path, da
     assert r.stdout.count("done: 6 iterations") == 1  # the other rank prints nothing
     assert [row["iter"] for row in rows(once)] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (once / "samples").iterdir()) == ["iter_000003.png", "iter_000006.png"]
-    assert {p.name for p in once.iterdir()} == {"checkpoint.pt", "config.json", "loss.png", "metrics.jsonl",
-                                                "real_samples.png", "samples", "train.log", ".lock"}
+    assert {p.name for p in once.iterdir()} - {"tb"} == {
+        "checkpoint.pt", "config.json", "loss.png", "metrics.jsonl", "real_samples.png", "samples",
+        "train.log", ".lock"}
+    if tb:  # one writer of TensorBoard events
+        assert len([p for p in (once / "tb").rglob("*") if p.name.startswith("events.")]) == 1
     assert json.loads((once / "config.json").read_text())["batch_size"] == 4  # the global batch
     a = ckpt_io.load(once)
     assert a["world_size"] == 2 and len(a["rank_states"]) == 2 and a["iteration"] == 6
@@ -191,6 +196,14 @@ loop.images_since_log, loop.show_bar = 0, False
 loop.bar = type("Bar", (), {"set_postfix_str": lambda *a: None, "write": print})()
 loop.log_point(1, evaluate=False)
 assert loop.sums.abs().sum() == 0  # zeroed for the next interval
+
+# a rank whose weights drifted: every rank stops at the next log point, with the reason
+Engine.parameter_sets = lambda self: {"critic": [torch.ones(3) * (1 + world.rank)]}
+try:
+    loop.log_point(2, evaluate=False)
+except Exception as e:
+    with open(os.path.join(sys.argv[1], f"stop{world.rank}.txt"), "w") as f:
+        f.write(f"{type(e).__name__}: {e}")
 distributed.shutdown(world)
 distributed.exit_process(0)
 """
@@ -210,6 +223,10 @@ def test_log_point_averages_the_ranks_losses(tmp_path):
     other = json.loads((tmp_path / "rank1.json").read_text())
     keys = ("loss_d", "loss_g", "d_real", "d_fake", "wdist", "critic_steps")
     assert [other[k] for k in keys] == [row[k] for k in keys]  # every rank has the mean
+    for rank in range(2):
+        stop = (tmp_path / f"stop{rank}.txt").read_text()
+        assert stop.startswith("Stop: the weights differ across processes (critic on rank 1")
+        assert "(at iteration 2)" in stop
 
 
 # --- faults ---------------------------------------------------------------------------------------
