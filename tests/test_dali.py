@@ -502,6 +502,21 @@ def test_batches_on_cuda(tmp_path, mode):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["resident", "stream"])
+def test_zip_batches_on_cuda_are_the_folder_batches(zipped, mode):
+    # the members' bytes go from the external source (CPU) to nvJPEG as a file reader's do
+    needs_dali_on_this_gpu()
+    cuda = torch.device("cuda")
+    dz, df = same_order(*zipped)
+    kw = dict(image_size=32, crop=40, batch_size=4, seed=3, device=cuda, mode=mode, workers=1)
+    bz, bf = Batches(dz, backend="dali", **kw), Batches(df, backend="dali", **kw)
+    assert "nvJPEG" in bz.describe() and "DALI decodes the zip's members" in bz.describe()
+    for _ in range(7):
+        x = next(bz)
+        assert x.device.type == "cuda" and torch.equal(x, next(bf))
+
+
+@pytest.mark.gpu
 def test_sampler_draw_in_a_cuda_graph():
     cuda = torch.device("cuda")
     data = labelled(n=20).to(cuda)

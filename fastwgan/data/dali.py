@@ -443,9 +443,10 @@ class DaliStream:
     (a fresh permutation per epoch, last incomplete batch dropped) and shard ``shard_id`` takes its
     ``shard_id``-th slice of ``batch_size``. With one shard this is exactly the Pillow loader's
     order, so the two backends see the same images batch for batch and a run resumes exactly at
-    batch ``start`` (nothing decoded to skip). The reader gets that order as its file list, in
-    chunks of at least one epoch (``MIN_CHUNK_STEPS`` batches for small sets), one pipeline per
-    chunk: a short stall at each chunk boundary (the pipeline build, milliseconds on a CPU).
+    batch ``start`` (nothing decoded to skip). The reader (for a zip's members, the external
+    source) gets that order as its file list, in chunks of at least one epoch (``MIN_CHUNK_STEPS``
+    batches for small sets), one pipeline per chunk: a short stall at each chunk boundary (the
+    pipeline build, milliseconds on a CPU).
 
     Why not ``fn.readers.file(random_shuffle=True, seed=...)``: it shuffles within a buffer of
     ``initial_fill`` (1024) samples, not a permutation of the epoch, and its order cannot be
