@@ -165,5 +165,5 @@ def scan_zip(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> S
 def archive_note(backend: str) -> str:
     """The loader note for a zip: who reads its members (the log's ``loader:`` line)."""
     if backend == "dali":
-        return "DALI decodes the zip's members (their bytes read from the zip by this process)"
+        return "DALI decodes the zip's members (their bytes read from the zip by the training process)"
     return "Pillow decodes the zip's members (each decoding process opens the zip once)"
