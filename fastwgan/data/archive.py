@@ -24,10 +24,8 @@ from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Sequence
 
-from PIL import Image
-
-from fastwgan.data.files import (_JPEG_EOI, _JPEG_SOI, _PNG_IEND, _PNG_SIG, _TAIL, DEFAULT_MAX_PIXELS,
-                                 IMAGE_EXTENSIONS, DataError, Scan, pixel_limit_screened, screen_size)
+from fastwgan.data.files import (_TAIL, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DataError, Scan,
+                                 screen_size, verdict)
 
 _OPEN: dict[tuple[str, int], zipfile.ZipFile] = {}  # (zip, process id) -> its open ZipFile
 
@@ -99,25 +97,8 @@ def check_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
     PNG of at most ``max_pixels``, else the reason it does not."""
     if not data:
         return "empty file"
-    head, tail = data[:16], data[-_TAIL:]
-    if head.startswith((_JPEG_SOI, _PNG_SIG)):
-        too_large = screen_size(io.BytesIO(data), max_pixels)
-        if too_large is not None:
-            return too_large
-    if head.startswith(_JPEG_SOI):
-        if _JPEG_EOI in tail:
-            return None
-    elif head.startswith(_PNG_SIG):
-        if _PNG_IEND in tail:
-            return None
-    else:
-        return "not a JPEG or PNG"
-    try:  # signature fine, end marker missing: truncated, or bytes after the marker
-        with pixel_limit_screened(), Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
-        return f"cannot decode: {e}"
-    return None
+    return verdict(data[:16], data[-_TAIL:], screen_size(io.BytesIO(data), max_pixels),
+                   lambda: io.BytesIO(data))
 
 
 def _image_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
