@@ -544,6 +544,8 @@ with open(os.path.join(sys.argv[1], f"rank{world.rank}.json"), "w") as f:
     json.dump({"rank": world.rank, "world_size": world.world_size, "backend": world.backend,
                "writer": world.is_writer, "mean": flat.tolist(), "w": weights[0].tolist()}, f)
 fd.shutdown(world)
+sys.stdout.flush()
+os._exit(0)  # as the spawned ranks: no interpreter teardown
 """
 
 
