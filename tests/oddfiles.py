@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,15 @@ def make_odd_folder(root: Path) -> dict[str, list[str]]:
     bad += ["truncated.jpg", "empty.jpg", "text.jpg", "garbage.png"]
     (root / "notes.txt").write_text("ignored: not an image extension\n")
     return {"good": sorted(good), "bad": sorted(bad)}
+
+
+def zip_folder(folder: Path, zpath: Path, extra: dict | None = None, compress=zipfile.ZIP_DEFLATED) -> Path:
+    """A zip of ``folder``'s files, named below the folder's own name (as img_align_celeba.zip
+    holds img_align_celeba/...), and the ``extra`` members {name: bytes}."""
+    with zipfile.ZipFile(zpath, "w", compress) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder.parent).as_posix())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return zpath

@@ -1,7 +1,6 @@
 """--data img_align_celeba.zip: training and evaluation read a zip of images without unpacking it."""
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +14,12 @@ from fastwgan.data import Batches, DataError, open_dataset
 from fastwgan.data.archive import ZipMember, scan_zip
 from fastwgan.data.files import load_image
 
-from oddfiles import make_good_folder
+from oddfiles import make_good_folder, zip_folder
 
 TINY = ["--preset", "smoke", "--no-progress", "--workers", "0", "--batch-size", "4"]
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
-
-
-def zip_folder(folder: Path, zpath: Path, extra: dict | None = None, compress=zipfile.ZIP_DEFLATED) -> Path:
-    with zipfile.ZipFile(zpath, "w", compress) as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(folder.parent).as_posix())
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
-    return zpath
 
 
 @pytest.fixture
@@ -63,11 +52,10 @@ def weights(out):
 @pytest.mark.parametrize("mode,workers", [("resident", "0"), ("stream", "1")])  # a worker process reads it
 def test_training_from_the_zip_is_training_from_the_folder(tmp_path, unpacked, mode, workers, capsys):
     z = zip_folder(unpacked, tmp_path / "c.zip", compress=zipfile.ZIP_STORED)
-    common = [*TINY, "--iters", "3", "--data-mode", mode, "--workers", workers]
+    common = [*TINY, "--iters", "3", "--data-mode", mode, "--workers", workers, "--data-backend", "pillow"]
     assert train.main([*common, "--data", str(z), "--out", str(tmp_path / "z")]) == 0
-    assert "a .zip is decoded by Pillow" in capsys.readouterr().out
-    assert train.main([*common, "--data", str(unpacked), "--out", str(tmp_path / "f"),
-                       "--data-backend", "pillow"]) == 0
+    assert "Pillow decodes the zip's members" in capsys.readouterr().out
+    assert train.main([*common, "--data", str(unpacked), "--out", str(tmp_path / "f")]) == 0
     a, b = weights(tmp_path / "z"), weights(tmp_path / "f")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -86,9 +74,16 @@ def test_resident_cache_follows_the_zip(tmp_path, unpacked):
     assert len(dataset.files) == 10
 
 
-def test_dali_is_refused_for_a_zip(tmp_path, unpacked):
+def test_without_dali_auto_decodes_a_zip_with_pillow(tmp_path, unpacked, monkeypatch):
+    # DALI decodes a zip as it decodes a folder (tests/test_dali.py); without DALI, auto is Pillow
+    from fastwgan.data import dali
+
+    monkeypatch.setattr(dali, "dali_available", lambda: False)
     z = zip_folder(unpacked, tmp_path / "c.zip")
-    with pytest.raises(DataError, match="reads folders"):
+    b = Batches(open_dataset(str(z)), 32, None, 4, 0, torch.device("cpu"), workers=0, backend="auto")
+    assert b.backend == "pillow" and "Pillow decodes the zip's members" in b.describe()
+    assert next(b).shape == (4, 3, 32, 32)
+    with pytest.raises(DataError, match="DALI is not installed"):
         Batches(open_dataset(str(z)), 32, None, 4, 0, torch.device("cpu"), workers=0, backend="dali")
 
 

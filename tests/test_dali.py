@@ -7,6 +7,8 @@ filter, but treat the image border and the rounding differently. Measured with D
 mean at most 0.24, max 4 (at the sharp colour edges of a palette PNG); JPEG decoding and the crop
 box are bit-identical where nothing is resampled.
 """
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -17,12 +19,12 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip ins
 from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
                            resolve_mode)
 from fastwgan.data import dali
-from fastwgan.data.dali import (DaliStream, ResidentSampler, dali_cache_key, decode_dali,
+from fastwgan.data.dali import (DaliStream, ResidentSampler, build_pipeline, dali_cache_key, decode_dali,
                                 epoch_batches_nhwc, load_resident_dali, nhwc_to_training)
 from fastwgan.data.files import load_image
 from fastwgan.data.pillow import decode_all
 
-from oddfiles import make_good_folder, make_odd_folder
+from oddfiles import make_good_folder, make_odd_folder, zip_folder
 
 TOL_MEAN = 1.0
 TOL_MAX = 6
@@ -341,6 +343,123 @@ def test_batches_sampler_in_resident_mode(tmp_path, backend):
         stream.sampler()
 
 
+# --- from a zip: the members' bytes through an external source ------------------------------------
+
+@pytest.fixture
+def zipped(tmp_path):
+    """(zip, folder): a folder of CelebA-sized JPEGs and odd files (nested, PNGs, grayscale, CMYK,
+    smaller than the crop), and the same files in a deflated zip."""
+    root = tmp_path / "u" / "faces"
+    make_good_folder(root / "a", n=9)
+    make_odd_folder(root / "odd")
+    return zip_folder(root, tmp_path / "faces.zip"), root
+
+
+def same_order(z, folder):
+    """The two datasets, checked to list the same images in the same order."""
+    dz, df = open_dataset(str(z)), open_dataset(str(folder))
+    assert [m.member for m in dz.files] == [p.relative_to(folder.parent).as_posix() for p in df.files]
+    return dz, df
+
+
+@pytest.mark.parametrize("image_size, crop", [(32, 40), (16, None)])
+def test_zip_decodes_as_the_folder(zipped, image_size, crop):
+    dz, df = same_order(*zipped)
+    a, b = decode_dali(dz.files, image_size, crop, CPU), decode_dali(df.files, image_size, crop, CPU)
+    assert a.shape == (len(df.files), image_size, image_size, 3) and torch.equal(a, b)
+    # sharded pipelines: the external source takes the block of the list the reader takes
+    for shard in range(2):
+        got = [build_pipeline(files, image_size, crop, 4, CPU, 1, shard_id=shard, num_shards=2)
+               for files in (dz.files, df.files)]
+        (za,), (fa,) = ([torch.cat([x[0]["images"] for x in dali._iterator(p, partial=True)])] for p in got)
+        assert torch.equal(za, fa) and len(za) == len(df.files) // 2 + shard * (len(df.files) % 2)
+
+
+@pytest.mark.parametrize("mode", ["resident", "stream"])
+def test_zip_batches_are_the_folder_batches(zipped, mode):
+    dz, df = same_order(*zipped)
+    kw = dict(image_size=32, crop=40, batch_size=4, seed=3, device=CPU, mode=mode, workers=1)
+    bz, bf = Batches(dz, backend="dali", **kw), Batches(df, backend="dali", **kw)
+    assert bz.backend == "dali" and bz.mode == mode and "DALI decodes the zip's members" in bz.describe()
+    seen = []
+    for _ in range(12):  # 20 images, 5 batches per epoch: crosses two epoch boundaries
+        x = next(bz)
+        assert torch.equal(x, next(bf))
+        seen.append(x.clone())
+    resumed = Batches(dz, backend="dali", start=5, **kw)
+    for k in range(5, 12):
+        assert torch.equal(next(resumed), seen[k])
+    if mode == "resident":
+        again = Batches(dz, backend="auto", **kw)  # auto is DALI; the cache is keyed on the zip
+        assert again.backend == "dali" and again.from_cache and torch.equal(again.data, bz.data)
+
+
+@pytest.mark.filterwarnings("ignore:could not decode")  # the Pillow fallback says so too
+def test_undecodable_member_goes_through_pillow_as_a_file_does(tmp_path):
+    root = tmp_path / "u" / "faces"
+    make_good_folder(root, n=10)
+    garbage_jpeg(root / "005_garbage.jpg")  # passes the scan, does not decode
+    z = zip_folder(root, tmp_path / "faces.zip")
+    dz, df = same_order(z, root)
+    failed_z, failed_f = [], []
+    with pytest.warns(UserWarning, match="DALI stopped"):
+        a = decode_dali(dz.files, 32, 40, CPU, failed=failed_z)
+    with pytest.warns(UserWarning, match="DALI stopped"):
+        b = decode_dali(df.files, 32, 40, CPU, failed=failed_f)
+    assert torch.equal(a, b) and torch.equal(a[6], a[7])  # replaced by the next image
+    assert [p for p, _ in failed_z] == [f"{z}/faces/005_garbage.jpg"] and len(failed_f) == 1
+    kw = dict(image_size=32, crop=40, batch_size=4, seed=0, device=CPU, mode="stream", workers=1)
+    sz, sf = Batches(dz, backend="dali", **kw), Batches(df, backend="dali", **kw)
+    with pytest.warns(UserWarning, match="DALI stopped on batch"):
+        for _ in range(6):  # 2 epochs of 2 batches of 4 out of 11: the garbage is met
+            assert torch.equal(next(sz), next(sf))
+
+
+@pytest.mark.filterwarnings("ignore:DALI stopped")
+def test_member_damaged_after_the_scan_is_replaced_and_named(tmp_path):
+    root = tmp_path / "u" / "faces"
+    make_good_folder(root, n=8)
+    z = zip_folder(root, tmp_path / "faces.zip", compress=zipfile.ZIP_STORED)
+    ds = open_dataset(str(z))
+    info = zipfile.ZipFile(z).getinfo(ds.files[2].member)
+    raw = bytearray(z.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + 500] ^= 0xFF  # its CRC no longer matches
+    z.write_bytes(bytes(raw))
+    failed = []
+    data = decode_dali(ds.files, 16, None, CPU, failed=failed)
+    assert len(failed) == 1 and failed[0][0] == str(ds.files[2]) and "CRC" in failed[0][1]
+    # the chunk went through the Pillow loader, which replaced the member by the next image
+    ref = torch.from_numpy(decode_all(open_dataset(str(root)).files, 16, None, workers=0)).permute(0, 2, 3, 1)
+    assert torch.equal(data[2], ref[3]) and torch.equal(data[:2], ref[:2]) and torch.equal(data[3:], ref[3:])
+
+
+@pytest.mark.parametrize("mode", ["resident", "stream"])
+def test_training_from_the_zip_with_dali_is_training_from_the_folder(zipped, tmp_path, mode, capsys):
+    from fastwgan import checkpoint as ckpt_io
+    from fastwgan import train
+
+    z, folder = zipped
+    common = ["--preset", "smoke", "--no-progress", "--workers", "1", "--batch-size", "4",
+              "--iters", "3", "--data-mode", mode, "--data-backend", "dali"]
+    assert train.main([*common, "--data", str(z), "--out", str(tmp_path / "z")]) == 0
+    out = capsys.readouterr().out
+    assert "decoded by DALI on the CPU" in out and "DALI decodes the zip's members" in out
+    assert train.main([*common, "--data", str(folder), "--out", str(tmp_path / "f")]) == 0
+    a, b = (ckpt_io.load(tmp_path / r)["generator"] for r in ("z", "f"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_auto_falls_back_to_pillow_for_a_zip_too(zipped, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(dali, "build_pipeline", broken)
+    b = Batches(open_dataset(str(zipped[0])), 16, None, 4, 0, CPU, backend="auto", workers=0)
+    assert b.backend == "pillow" and "DALI failed to start" in b.describe()
+    assert "Pillow decodes the zip's members" in b.describe() and next(b).shape == (4, 3, 16, 16)
+
+
 # --- GPU ---------------------------------------------------------------------------------------------
 
 def needs_dali_on_this_gpu():
@@ -378,6 +497,21 @@ def test_batches_on_cuda(tmp_path, mode):
         assert x.device.type == "cuda" and x.is_contiguous(memory_format=torch.channels_last)
         diff = (x.cpu() - ref).abs() * 127.5
         assert diff.mean() < TOL_MEAN_GPU and diff.max() <= TOL_MAX_GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["resident", "stream"])
+def test_zip_batches_on_cuda_are_the_folder_batches(zipped, mode):
+    # the members' bytes go from the external source (CPU) to nvJPEG as a file reader's do
+    needs_dali_on_this_gpu()
+    cuda = torch.device("cuda")
+    dz, df = same_order(*zipped)
+    kw = dict(image_size=32, crop=40, batch_size=4, seed=3, device=cuda, mode=mode, workers=1)
+    bz, bf = Batches(dz, backend="dali", **kw), Batches(df, backend="dali", **kw)
+    assert "nvJPEG" in bz.describe() and "DALI decodes the zip's members" in bz.describe()
+    for _ in range(7):
+        x = next(bz)
+        assert x.device.type == "cuda" and torch.equal(x, next(bf))
 
 
 @pytest.mark.gpu

@@ -304,6 +304,11 @@ def _worker(rank, world_size, store, out_dir, jobs):
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         fdist.shutdown(world)
+    # Leave without the interpreter's teardown: with gloo on a CPU it aborts now and then
+    # ("terminate called without an active exception", SIGABRT) after everything was written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 JOB_FAILED = "job failed"
@@ -539,6 +544,8 @@ with open(os.path.join(sys.argv[1], f"rank{world.rank}.json"), "w") as f:
     json.dump({"rank": world.rank, "world_size": world.world_size, "backend": world.backend,
                "writer": world.is_writer, "mean": flat.tolist(), "w": weights[0].tolist()}, f)
 fd.shutdown(world)
+sys.stdout.flush()
+os._exit(0)  # as the spawned ranks: no interpreter teardown
 """
 
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from fastwgan.data.archive import archive_backend, from_archive, is_zip, scan_zip
+from fastwgan.data.archive import archive_note, from_archive, is_zip, scan_zip
 from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
@@ -143,8 +143,6 @@ class Batches:
                 progress)
         self.backend = resolve_backend(backend)
         self.note = dali_missing_note(backend, self.backend, device)
-        if from_archive(dataset.files):
-            self.backend, self.note = archive_backend(backend)
         if self.backend == "dali":
             try:
                 self._start_dali(*args)
@@ -158,6 +156,8 @@ class Batches:
                 self.undecodable = []
         if self.backend == "pillow":
             self._start_pillow(*args)
+        if from_archive(dataset.files):
+            self.note = "; ".join(filter(None, (self.note, archive_note(self.backend))))
 
     def _start_pillow(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
                       progress) -> None:

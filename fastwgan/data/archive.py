@@ -10,8 +10,10 @@ Each member becomes a ``ZipMember``, which the loaders take where a folder gives
 reads its bytes (``open_bytes``), names itself ``<zip>/<member>`` in messages, and its ``stat``
 carries the member's size and the zip's size, modification time and the member's CRC, so that the
 decoded cache (keyed on every file's name, size and time) follows the zip. The Pillow loader reads
-members in its worker processes, each opening the zip once. The DALI loader reads folders only:
-``--data-backend auto`` decodes a zip with Pillow and says so; ``--data-backend dali`` is an error.
+members in its worker processes, each opening the zip once. The DALI loader reads them in the
+training process and hands their encoded bytes to its decode graph through an external source
+(``dali.EncodedBatches``), in place of its file reader: the same images in the same order as from
+the files unpacked, with the same fallback to Pillow for a member that does not decode.
 """
 from __future__ import annotations
 
@@ -22,10 +24,8 @@ from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Sequence
 
-from PIL import Image
-
-from fastwgan.data.files import (_JPEG_EOI, _JPEG_SOI, _PNG_IEND, _PNG_SIG, _TAIL, DEFAULT_MAX_PIXELS,
-                                 IMAGE_EXTENSIONS, DataError, Scan, pixel_limit_screened, screen_size)
+from fastwgan.data.files import (_TAIL, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DataError, Scan,
+                                 screen_size, verdict)
 
 _OPEN: dict[tuple[str, int], zipfile.ZipFile] = {}  # (zip, process id) -> its open ZipFile
 
@@ -97,25 +97,8 @@ def check_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
     PNG of at most ``max_pixels``, else the reason it does not."""
     if not data:
         return "empty file"
-    head, tail = data[:16], data[-_TAIL:]
-    if head.startswith((_JPEG_SOI, _PNG_SIG)):
-        too_large = screen_size(io.BytesIO(data), max_pixels)
-        if too_large is not None:
-            return too_large
-    if head.startswith(_JPEG_SOI):
-        if _JPEG_EOI in tail:
-            return None
-    elif head.startswith(_PNG_SIG):
-        if _PNG_IEND in tail:
-            return None
-    else:
-        return "not a JPEG or PNG"
-    try:  # signature fine, end marker missing: truncated, or bytes after the marker
-        with pixel_limit_screened(), Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
-        return f"cannot decode: {e}"
-    return None
+    return verdict(data[:16], data[-_TAIL:], screen_size(io.BytesIO(data), max_pixels),
+                   lambda: io.BytesIO(data))
 
 
 def _image_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -160,9 +143,8 @@ def scan_zip(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> S
     return Scan(path, files, bad)
 
 
-def archive_backend(requested: str) -> tuple[str, str]:
-    """The data backend and the loader note for a zip: Pillow (DALI's file reader reads folders)."""
-    if requested == "dali":
-        raise DataError("--data-backend dali reads folders of images; a .zip is decoded with "
-                        "--data-backend pillow (or auto), or unpack it for DALI")
-    return "pillow", "a .zip is decoded by Pillow (DALI reads folders)"
+def archive_note(backend: str) -> str:
+    """The loader note for a zip: who reads its members (the log's ``loader:`` line)."""
+    if backend == "dali":
+        return "DALI decodes the zip's members (their bytes read from the zip by the training process)"
+    return "Pillow decodes the zip's members (each decoding process opens the zip once)"

@@ -15,6 +15,11 @@ Two ways to feed training:
   ``DALIGenericIterator``, prefetched, in the ``EpochBatches`` order too (see its docstring for why
   that order rather than the reader's ``random_shuffle``).
 
+Files on disk are read by ``fn.readers.file``. Members of a zip (``archive.ZipMember``) have no path
+DALI can open: this process reads their encoded bytes from the zip and gives them to the same
+decode graph through ``fn.external_source`` (``EncodedBatches``), in the same order, so that a zip
+decodes exactly as the same files unpacked.
+
 Where DALI differs from Pillow (measured with DALI's CPU decoder in tests/test_dali.py; nvJPEG on
 the GPU rounds its IDCT and colour conversion its own way, and its tolerance there is wider):
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -48,6 +54,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from fastwgan.data.archive import from_archive
 from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_files, default_workers,
                                   fill_from_next, hand_over, read_cache, warn_replaced, write_cache)
 
@@ -130,26 +137,69 @@ def center_crop_resize(images, shapes, image_size: int, crop: Optional[int]):
     return images
 
 
+class EncodedBatches:
+    """The encoded bytes of ``files`` (zip members, anything with ``read_bytes``) batch by batch,
+    for ``fn.external_source(batch=True)``: batch ``i`` is a list of 1-D uint8 arrays, files
+    ``i * batch_size`` onwards in order, the last batch smaller; StopIteration past the end.
+
+    A function of the batch number alone, as DALI asks of a batch callback (it calls ahead of the
+    batch being decoded, and past the end). Called in this process: each process opens the zip
+    once (``archive._zip``). A member that cannot be read (the zip changed or was damaged since the
+    scan) is given as no bytes, which DALI fails to decode: the Pillow fallback then meets it as
+    it meets a damaged file, and names it.
+    """
+
+    def __init__(self, files: Sequence, batch_size: int):
+        self.files, self.batch_size = list(files), batch_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __call__(self, i: int) -> list[np.ndarray]:
+        lo = i * self.batch_size
+        if lo >= len(self.files):
+            raise StopIteration
+        return [_encoded(f) for f in self.files[lo:lo + self.batch_size]]
+
+
+def _encoded(f) -> np.ndarray:
+    try:
+        return np.frombuffer(f.read_bytes(), dtype=np.uint8)
+    except Exception:  # zipfile.BadZipFile (a CRC error), OSError, EOFError...: see EncodedBatches
+        return np.empty(0, dtype=np.uint8)
+
+
 def build_pipeline(files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
                    device: torch.device, workers: int = -1, prefetch: int = PREFETCH,
                    shard_id: int = 0, num_shards: int = 1, seed: int = 0):
     """A built DALI pipeline that reads ``files`` in order, once per epoch: uint8 (H, W, 3) samples.
 
-    The reader is named "Reader" for ``DALIGenericIterator(reader_name="Reader")``; the last
-    batch is padded with its last sample (the iterator drops or trims it). Decoding is "mixed"
-    (nvJPEG, the A100/H100 hardware decoder where present) on a GPU, "cpu" without one.
+    Files on disk: the reader is named "Reader" for ``DALIGenericIterator(reader_name="Reader")``;
+    the last batch is padded with its last sample (the iterator drops or trims it). Members of a
+    zip: an external source (``EncodedBatches``, its ``len`` the number of samples) gives their
+    bytes, the last batch smaller, StopIteration at the end (``_iterator`` reads until then); shard
+    ``shard_id`` takes the same contiguous block of the list as the reader's shard would. Decoding
+    is "mixed" (nvJPEG, the A100/H100 hardware decoder where present) on a GPU, "cpu" without one.
     """
     from nvidia.dali import fn, pipeline_def, types
 
     device_id = dali_device_id(device)
     mixed = device_id is not None
+    source = None
+    if from_archive(files):
+        n = len(files)
+        source = EncodedBatches(files[n * shard_id // num_shards:n * (shard_id + 1) // num_shards],
+                                batch_size)
     paths = [str(p) for p in files]
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads(workers), device_id=device_id,
                   prefetch_queue_depth=prefetch, seed=seed, enable_conditionals=crop is not None)
     def pipe():
-        jpegs, _ = fn.readers.file(files=paths, name="Reader", random_shuffle=False,
-                                   shard_id=shard_id, num_shards=num_shards, pad_last_batch=True)
+        if source is None:
+            jpegs, _ = fn.readers.file(files=paths, name="Reader", random_shuffle=False,
+                                       shard_id=shard_id, num_shards=num_shards, pad_last_batch=True)
+        else:
+            jpegs = fn.external_source(source=source, batch=True, dtype=types.UINT8, ndim=1)
         shapes = fn.peek_image_shape(jpegs, adjust_orientation=False)
         # output_type RGB: grayscale and CMYK come out as 3-channel RGB, alpha is dropped.
         # jpeg_fancy_upsampling: nvJPEG upsamples chroma as libjpeg-turbo (and Pillow) do.
@@ -160,15 +210,26 @@ def build_pipeline(files: Sequence[Path], image_size: int, crop: Optional[int], 
 
     p = pipe()
     p.build()
+    p.encoded_source = source  # None: the pipeline has the file reader
     return p
 
 
 def _iterator(pipe, partial: bool):
+    """The pipeline's batches, once through its files: the last incomplete batch trimmed
+    (``partial``) or dropped."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-    policy = LastBatchPolicy.PARTIAL if partial else LastBatchPolicy.DROP
-    return DALIGenericIterator([pipe], ["images"], reader_name="Reader", last_batch_policy=policy,
-                               auto_reset=False)
+    source = getattr(pipe, "encoded_source", None)
+    if source is None:
+        policy = LastBatchPolicy.PARTIAL if partial else LastBatchPolicy.DROP
+        return DALIGenericIterator([pipe], ["images"], reader_name="Reader", last_batch_policy=policy,
+                                   auto_reset=False)
+    # An external source: the iterator runs until the source's StopIteration (size=-1); the last
+    # batch already comes trimmed, and is dropped here when asked.
+    it = DALIGenericIterator([pipe], ["images"], size=-1, auto_reset=False)
+    if partial or len(source) % source.batch_size == 0:
+        return it
+    return itertools.islice(it, len(source) // source.batch_size)
 
 
 def error_reason(e: BaseException) -> str:
@@ -383,9 +444,10 @@ class DaliStream:
     (a fresh permutation per epoch, last incomplete batch dropped) and shard ``shard_id`` takes its
     ``shard_id``-th slice of ``batch_size``. With one shard this is exactly the Pillow loader's
     order, so the two backends see the same images batch for batch and a run resumes exactly at
-    batch ``start`` (nothing decoded to skip). The reader gets that order as its file list, in
-    chunks of at least one epoch (``MIN_CHUNK_STEPS`` batches for small sets), one pipeline per
-    chunk: a short stall at each chunk boundary (the pipeline build, milliseconds on a CPU).
+    batch ``start`` (nothing decoded to skip). The reader (for a zip's members, the external
+    source) gets that order as its file list, in chunks of at least one epoch (``MIN_CHUNK_STEPS``
+    batches for small sets), one pipeline per chunk: a short stall at each chunk boundary (the
+    pipeline build, milliseconds on a CPU).
 
     Why not ``fn.readers.file(random_shuffle=True, seed=...)``: it shuffles within a buffer of
     ``initial_fill`` (1024) samples, not a permutation of the epoch, and its order cannot be

@@ -12,7 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -212,21 +212,22 @@ def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
             tail = f.read()
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
+    return verdict(head, tail, too_large, lambda: path)
+
+
+def verdict(head: bytes, tail: bytes, too_large: str | None, whole: Callable[[], Any]) -> str | None:
+    """``check_file``'s judgement of an image from its first 16 bytes, its last ``_TAIL`` bytes and
+    what ``screen_size`` said of its header. Only an image whose end marker is not where expected
+    (truncated, or bytes after the marker) is decoded, by Pillow from ``whole()`` (a path or a
+    stream), to decide."""
     if not head.startswith((_JPEG_SOI, _PNG_SIG)):
         return "not a JPEG or PNG"
     if too_large is not None:
         return too_large
-    if head.startswith(_JPEG_SOI):
-        if _JPEG_EOI in tail:
-            return None
-    elif head.startswith(_PNG_SIG):
-        if _PNG_IEND in tail:
-            return None
-    else:
-        return "not a JPEG or PNG"
-    # Signature fine, end marker missing: truncated, or trailing bytes after the marker.
+    if (_JPEG_EOI in tail) if head.startswith(_JPEG_SOI) else (_PNG_IEND in tail):
+        return None
     try:
-        with pixel_limit_screened(), Image.open(path) as im:
+        with pixel_limit_screened(), Image.open(whole()) as im:
             im.load()
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         return f"cannot decode: {e}"
