@@ -798,8 +798,13 @@ class TrainingLoop:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line (``python -m fastwgan.train``, ``fastwgan-train``): the exit status. A
+    process of a torchrun job ends here (``distributed.exit_process``: no interpreter teardown)."""
     with one_line_warnings("warning: "):
-        return _main(argv)
+        code = _main(argv)
+    if distributed.launched_as()[1] > 1:
+        distributed.exit_process(code)
+    return code
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -847,7 +852,4 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
-    code = main()
-    if distributed.launched_as()[1] > 1:
-        distributed.exit_process(code)  # see its docstring
-    sys.exit(code)
+    sys.exit(main())
