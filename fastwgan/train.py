@@ -1,8 +1,16 @@
-"""Train a Wasserstein GAN: ``python -m fastwgan.train [flags]`` (``--help`` lists them).
+"""Train a Wasserstein GAN: ``python -m fastwgan.train [flags]`` (``--help`` lists them), or
+``torchrun --nproc_per_node N -m fastwgan.train [flags]`` on N processes.
 
-Reads top to bottom: config, device, data, models, optimizers, resume, then the loop of phases
-(n_critic critic steps, one generator step) with logging, samples and checkpoints at intervals.
-Losses stay on the device and are read at log points only.
+Reads top to bottom: the config (``parse_config``), the process group (``train``: one process
+without torchrun), then ``_train``: the data (``setup_data``), the run folder (``RunFolder``),
+models, optimizers and engine (``setup_models``), the resume point (``restore_or_seed``), and the
+loop of phases (n_critic critic steps, one generator step) with logging, samples and checkpoints at
+intervals (``TrainingLoop``). Losses stay on the device and are read at log points only.
+
+Several processes run the same code; the differences are named where they happen: each rank takes
+its share of the batch (``Batches(shard=...)``), rank 0 alone writes (``RunFolder`` against
+``NoRunFolder``, a quiet ``RunLog``), and the loop averages, compares and agrees through
+fastwgan.distributed.
 """
 from __future__ import annotations
 
@@ -527,6 +535,8 @@ def _train_logged(cfg: Config, resume: Optional[dict], log, notes: Sequence[str]
 
 def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str], world: World,
            folder: RunFolder) -> dict:
+    """Set up, then run the loop: the data, the run folder (once the data loads), the networks and
+    their engine, the resume point, the outputs that start a run, ``TrainingLoop``."""
     for note in notes:
         log(note)
     device = world.device
