@@ -361,3 +361,9 @@ def test_torchrun_restart_continues_from_the_last_checkpoint(tmp_path, data16):
     finish(launcher, 60)
     text = log.read_text()
     assert text.count("--- ") == 2 and "resumed from iteration" in text
+
+
+def test_sync_bn_in_one_process_says_it_does_nothing(tmp_path, data16):
+    r = ok(one_process("--data", data16, "--out", tmp_path / "r", "--iters", 1, "--sync-bn"))
+    assert "one process has nothing to synchronise" in r.stdout
+    assert "processes:" not in r.stdout and ckpt_io.load(tmp_path / "r")["world_size"] == 1
