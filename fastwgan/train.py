@@ -9,8 +9,8 @@ intervals (``TrainingLoop``). Losses stay on the device and are read at log poin
 
 Several processes run the same code; the differences are named where they happen: each rank takes
 its share of the batch (``Batches(shard=...)``), rank 0 alone writes (``RunFolder`` against
-``NoRunFolder``, a quiet ``RunLog``), and the loop averages, compares and agrees through
-fastwgan.distributed.
+``NoRunFolder``, a quiet ``RunLog``: fastwgan.runfiles), and the loop averages, compares and agrees
+through fastwgan.distributed.
 """
 from __future__ import annotations
 
@@ -20,12 +20,9 @@ if __name__ == "__main__":  # before torch's import: a Ctrl-C there is one line 
     quiet_interrupt()
 
 import argparse
-import contextlib
 import math
-import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -42,14 +39,13 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed, runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
-from fastwgan.data import Batches, DataError, open_dataset, sample_images
+from fastwgan.data import Batches, DataError, open_dataset
 from fastwgan.data.pillow import undecodable_warning
 from fastwgan.distributed import SINGLE, World
-from fastwgan.models import Critic, Generator
 from fastwgan.engine import ReferenceEngine
-from fastwgan.metrics import swd_for_training
-from fastwgan.outputs import MetricsLog, one_line_warnings, plot_losses, save_grid
-from fastwgan.tensorboard import EventLog
+from fastwgan.models import Critic, Generator
+from fastwgan.outputs import one_line_warnings
+from fastwgan.runfiles import NoRunFolder, RunFolder, RunLog, holds_run
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps
@@ -63,93 +59,6 @@ examples:
 
 # Flags that define the networks: a resumed run keeps the checkpoint's values.
 ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss", "critic_norm")
-N_SAMPLES = 64  # 8x8 grids
-
-
-RUN_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.jsonl", "loss.png", "real_samples.png", "config.json",
-             "train.log")
-
-
-class RunLog:
-    """Prints each line and keeps it in the run folder's ``train.log``. Lines logged before the
-    folder exists (the data is checked first) are written when it is opened.
-
-    ``echo=None``: a rank other than 0 of several, which neither prints nor keeps its lines (rank 0
-    says the same)."""
-
-    def __init__(self, echo=print, command: str = ""):
-        self.echo, self.pending, self.file, self.command = echo, [], None, command
-        self.quiet = echo is None
-
-    def __call__(self, line: str) -> None:
-        if self.quiet:
-            return
-        self.echo(line)
-        self.write(line)
-
-    def progress(self, line: str, on_screen: bool, show) -> None:
-        """A progress line: kept, and shown with ``show`` (the bar's write) when ``on_screen``."""
-        if self.quiet:
-            return
-        self.write(line)
-        if on_screen:
-            show(line)
-
-    def write(self, line: str) -> None:
-        """To the file only (what the progress bar already showed)."""
-        if self.quiet:
-            return
-        if self.file is None:
-            self.pending.append(line)
-            return
-        try:
-            self.file.write(line + "\n")
-            self.file.flush()
-        except OSError as e:  # a failed write() names no file
-            e.filename = self.file.name
-            raise
-
-    def open(self, path: Path, append: bool) -> None:
-        self.file = open(path, "a" if append else "w", encoding="utf-8")
-        self.write(time.strftime("--- %Y-%m-%d %H:%M:%S %Z ") + self.command)
-        for line in self.pending:
-            self.write(line)
-        self.pending = []
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            except OSError:  # what a full disk kept from the log (the error was shown)
-                pass
-
-
-def holds_run(out: str | Path) -> bool:
-    return (Path(out) / ckpt_io.CHECKPOINT_NAME).exists()
-
-
-REPLACED = ".replaced"  # an overwritten run's files, until the new run's first checkpoint
-
-
-def clear_run(out: Path) -> Optional[Path]:
-    """Clear ``out`` of what an earlier run wrote there (its own files, nothing else).
-
-    A run with a checkpoint is moved aside into ``out/.replaced`` (returned), which the new run
-    removes once it has written its first checkpoint: a start that fails loses nothing. The
-    leftovers of a run that never wrote a checkpoint are removed at once."""
-    files = [out / name for name in RUN_FILES if (out / name).exists()]
-    if (out / "samples").is_dir():
-        files += sorted((out / "samples").glob("iter_*.png"))
-    if not holds_run(out):
-        for p in files:
-            p.unlink()
-        return None
-    aside = out / REPLACED
-    shutil.rmtree(aside, ignore_errors=True)
-    (aside / "samples").mkdir(parents=True)
-    for p in files:
-        os.replace(p, aside / p.relative_to(out))
-    return aside
 
 
 class Interrupted(KeyboardInterrupt):
@@ -233,11 +142,6 @@ def set_threads(n: int) -> int:
     if n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
-
-
-def dropped_rows(metrics_path: Path, iteration: int) -> int:
-    """Rows of ``metrics.jsonl`` logged after ``iteration``: what a resume from there drops."""
-    return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
 
 
 def parse_config(argv: Optional[Sequence[str]], given: Optional[dict] = None
@@ -333,135 +237,6 @@ def make_engine(cfg: Config, G, D, batches: Batches, device: torch.device, dtype
     sampler = (batches.sampler(channels_last=device.type == "cuda") if batches.mode == "resident"
                else batches)
     return FastEngine(cfg, G, D, sampler, device, dtype, graphs=cfg.graphs, **kw)
-
-
-# --- what the run folder gets ---------------------------------------------------------------------
-
-class RunFolder:
-    """Everything a run writes into ``--out``: the lock, train.log, config.json, metrics.jsonl,
-    samples, loss.png, the TensorBoard events and the checkpoint. With several processes rank 0
-    holds one; the others hold a ``NoRunFolder``, which writes nothing."""
-
-    def __init__(self, cfg: Config):
-        self.cfg, self.out = cfg, Path(cfg.out)
-        self.events = EventLog(cfg)  # --tensorboard
-        self.replaced: Optional[Path] = None
-        self.real_eval: Optional[torch.Tensor] = None
-        self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
-
-    def locked(self):
-        """Held while the run lasts: one run at a time in a folder (fastwgan.runfolder.RunLock)."""
-        return runfolder.RunLock(self.out)
-
-    def clean(self) -> None:
-        runfolder.remove_orphans(self.out)
-
-    def open(self, resume: Optional[dict], log: RunLog) -> None:
-        """The folder, once the data is known to load. A fresh run (or a run resumed into another
-        folder) starts from a folder without an earlier run's files; a run resumed in place keeps
-        its history."""
-        out = self.out
-        source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
-        self.in_place = in_place = resume is not None and source.resolve() == out.resolve()
-        self.source = source
-        self.replaced = clear_run(out) if not in_place and out.exists() else None
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        if resume and not in_place and (source / "metrics.jsonl").exists():
-            shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
-        log.open(out / "train.log", append=in_place)
-        if self.replaced is not None:
-            log(f"note: the run that was in {out} is kept in {self.replaced} until this run writes "
-                "its first checkpoint")
-        if resume and not in_place:
-            log(f"resuming {source} (iteration {resume['iteration']}) into {out}")
-
-    def dropped_rows(self, iteration: int) -> bool:
-        """Whether the log above holds rows past ``iteration`` that a resume drops."""
-        return self.in_place and dropped_rows(self.out / "metrics.jsonl", iteration) > 0
-
-    def start(self, dataset, resume: Optional[dict], log: RunLog) -> None:
-        """config.json, the real samples, the evaluation's real images, the metrics so far."""
-        cfg, out = self.cfg, self.out
-        runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
-        self.events.open(out, resume["iteration"] if resume else None, self.source)
-        if not (out / "real_samples.png").exists():
-            # (files that do not decode were reported above, or are warned about by the stream)
-            real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
-            save_grid(real, out / "real_samples.png", nrow=8)
-            self.events.real_images(real)
-        if cfg.eval_every:
-            self.real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3,
-                                           cfg.workers, failed=[])
-            log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(self.real_eval)} samples to "
-                f"as many real images every {cfg.eval_every} iterations")
-        self.metrics = MetricsLog(out / "metrics.jsonl")
-        if resume:
-            self.metrics.truncate_after(resume["iteration"])
-        elif self.metrics.path.exists():
-            self.metrics.path.unlink()
-
-    def evaluate(self, G: torch.nn.Module) -> dict:
-        swd = swd_for_training(G, self.real_eval, z_seed=self.cfg.seed + 2)
-        return {"swd": swd["mean"], "swd_levels": swd["levels"]}
-
-    def metrics_row(self, row: dict) -> None:
-        self.metrics.append(row)
-        self.events.scalars(row)
-
-    def samples(self, G: torch.nn.Module, iteration: int) -> None:
-        G.eval()
-        with torch.no_grad():
-            fake = G(self.fixed_z.to(next(G.parameters()).device))
-            save_grid(fake, self.out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
-            self.events.images("samples", fake, iteration)
-        G.train()
-        plot_losses(self.metrics.read(), self.out / "loss.png",
-                    title=f"{self.cfg.loss}, {self.cfg.image_size}x{self.cfg.image_size}")
-
-    def histograms(self, nets: dict, iteration: int) -> None:
-        self.events.histograms(nets, iteration)
-
-    def checkpoint(self, state: dict) -> None:
-        ckpt_io.save_atomic(state, self.out / ckpt_io.CHECKPOINT_NAME)
-        if self.replaced is not None and self.replaced.exists():
-            shutil.rmtree(self.replaced, ignore_errors=True)
-
-    def close(self) -> None:
-        self.events.close()
-
-
-class NoRunFolder(RunFolder):
-    """A rank other than 0: the same calls, nothing written (rank 0 writes for the run)."""
-
-    def locked(self):
-        return contextlib.nullcontext()
-
-    def clean(self) -> None:
-        pass
-
-    def open(self, resume, log) -> None:
-        self.in_place, self.source = False, self.out
-
-    def start(self, dataset, resume, log) -> None:
-        pass
-
-    def evaluate(self, G) -> dict:
-        return {}
-
-    def metrics_row(self, row) -> None:
-        pass
-
-    def samples(self, G, iteration) -> None:
-        pass
-
-    def histograms(self, nets, iteration) -> None:
-        pass
-
-    def checkpoint(self, state) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --- the run: one process, or one rank of several ----------------------------------------------------

@@ -169,7 +169,8 @@ import torch
 from fastwgan import distributed
 from fastwgan.config import Config
 from fastwgan.steps import OBJECTIVES
-from fastwgan.train import NoRunFolder, RunLog, StartPoint, TrainingLoop
+from fastwgan.runfiles import NoRunFolder, RunLog
+from fastwgan.train import StartPoint, TrainingLoop
 
 world = distributed.init_from_env("cpu")
 cfg = Config(out=sys.argv[1], iters=10)
