@@ -55,6 +55,8 @@ examples:
   python -m fastwgan.train --preset cpu                  # built-in faces, a few minutes on a CPU
   python -m fastwgan.train --amp --data ~/celeba/img_align_celeba --crop 108 --out runs/celeba
   python -m fastwgan.train --resume runs/celeba --iters 200000   # continue, exactly
+  python -m fastwgan.train --loss wgan-gp --amp --data img_align_celeba.zip --crop 108
+  torchrun --nproc_per_node 8 -m fastwgan.train --amp --data ~/celeba/img_align_celeba --crop 108
 """
 
 # Flags that define the networks: a resumed run keeps the checkpoint's values.
