@@ -65,7 +65,7 @@ class Config:
 
     # --- data ---
     data: Optional[str] = _f(None, "folder of .jpg/.jpeg/.png images, searched recursively, or a .zip "
-                             "of them (default: a built-in synthetic face dataset)", "data", metavar="DIR")
+                             "of them (default: a built-in synthetic face dataset)", "data", metavar="DIR|ZIP")
     image_size: int = _f(64, "training resolution", "data", choices=IMAGE_SIZES)
     crop: Optional[int] = _f(None, "center crop before resizing (108 for CelebA; default: the shorter side)", "data")
     workers: int = _f(-1, "loader worker processes (-1: one per core, at most 8)", "data")
