@@ -62,6 +62,18 @@ def _eager_fn(act):
     return bn_then_act
 
 
+def bn_inputs(batch: int, C: int, hw: int, dtype: torch.dtype, device: torch.device):
+    """A conv output and its gradient (random, channels_last, ``dtype``), fp32 BatchNorm
+    parameters and running statistics: (x, dy, weight, bias, running_mean, running_var)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, C, hw, hw)
+    x = torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(C, device=device, requires_grad=True)
+    b = torch.zeros(C, device=device, requires_grad=True)
+    return x, dy, w, b, torch.zeros(C, device=device), torch.ones(C, device=device)
+
+
 def _provider_fn(provider, act):
     if provider == "triton":
         def fused(x, w, b, rm, rv):
@@ -88,17 +100,7 @@ def test_bench_bn_act(benchmark, bench_device, block, batch, dtype, mode, provid
         if (block, batch, dtype) != CPU_SMOKE:
             pytest.skip("on CPU only the eager rows of one small block run (smoke run)")
 
-    # inputs: a conv output in channels_last, fp32 BatchNorm parameters and buffers
-    g = torch.Generator().manual_seed(0)
-    shape = (batch, C, hw, hw)
-    x = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
-        memory_format=torch.channels_last)
-    dy = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
-        memory_format=torch.channels_last)
-    w = torch.ones(C, device=bench_device, requires_grad=True)
-    b = torch.zeros(C, device=bench_device, requires_grad=True)
-    rm = torch.zeros(C, device=bench_device)
-    rv = torch.ones(C, device=bench_device)
+    x, dy, w, b, rm, rv = bn_inputs(batch, C, hw, dtype, bench_device)
     fn = _provider_fn(provider, act)
 
     if mode == "fwd":
@@ -124,7 +126,7 @@ def test_bench_bn_act(benchmark, bench_device, block, batch, dtype, mode, provid
     nbytes = PASSES[mode] * x.numel() * x.element_size()
     benchmark.extra_info.update(
         kernel="bn_act", provider=provider, mode=mode, net=net, act=act,
-        shape=list(shape), dtype=str(dtype).split(".")[-1], layout="channels_last",
+        shape=list(x.shape), dtype=str(dtype).split(".")[-1], layout="channels_last",
         us=round(seconds * 1e6, 2), gbps=round(nbytes / seconds / 1e9, 1),
         device=device_name(bench_device), torch=torch.__version__,
         date=datetime.date.today().isoformat())
@@ -140,16 +142,7 @@ def test_bench_bn_act_graph(benchmark, bench_device, block, dtype, mode, provide
         pytest.skip("CUDA graphs need a CUDA device: the in-graph rows run on a GPU only")
     net, hw, C, act = block
     batch = 64
-    g = torch.Generator().manual_seed(0)
-    shape = (batch, C, hw, hw)
-    x = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
-        memory_format=torch.channels_last)
-    dy = torch.randn(shape, generator=g).to(bench_device, dtype).contiguous(
-        memory_format=torch.channels_last)
-    w = torch.ones(C, device=bench_device, requires_grad=True)
-    b = torch.zeros(C, device=bench_device, requires_grad=True)
-    rm = torch.zeros(C, device=bench_device)
-    rv = torch.ones(C, device=bench_device)
+    x, dy, w, b, rm, rv = bn_inputs(batch, C, hw, dtype, bench_device)
     fn = _provider_fn(provider, act)
     xg = x.detach().requires_grad_()
 
@@ -169,7 +162,7 @@ def test_bench_bn_act_graph(benchmark, bench_device, block, dtype, mode, provide
     gbps, copy_gbps = nbytes / seconds["kernel"] / 1e9, nbytes / seconds["copy"] / 1e9
     benchmark.extra_info.update(
         kernel="bn_act", provider=f"{provider}-graph", mode=mode, net=net, act=act,
-        shape=list(shape), dtype=str(dtype).split(".")[-1], layout="channels_last",
+        shape=list(x.shape), dtype=str(dtype).split(".")[-1], layout="channels_last",
         timing="cuda graph", us=round(seconds["kernel"] * 1e6, 2), gbps=round(gbps, 1),
         copy_gbps=round(copy_gbps, 1), of_copy=round(gbps / copy_gbps, 3),
         device=device_name(bench_device), torch=torch.__version__,

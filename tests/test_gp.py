@@ -13,6 +13,7 @@ from fastwgan.models import Critic, Generator, LayerNorm2d
 from fastwgan.steps import StepConfig, critic_step_gp, gradient_penalty
 
 from oddfiles import make_good_folder
+from tiny import assert_same_training
 
 
 def tiny_critic(norm, seed=0):
@@ -206,11 +207,7 @@ def test_resume_is_exact_and_crosses_engines(tmp_path, data, backend):
     assert train.main([*common, "--out", str(tmp_path / "twice"), "--iters", "2"]) == 0
     assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "4", "--no-progress"]) == 0
     a, b = ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice")
-    for net in ("generator", "critic"):
-        for k, v in a[net].items():
-            assert torch.equal(v, b[net][k]), (net, k)
-    for i, s in a["opt_d"]["state"].items():
-        assert torch.equal(s["exp_avg_sq"], b["opt_d"]["state"][i]["exp_avg_sq"])
+    assert_same_training(a, b)  # weights, running statistics, both optimizers' states
     assert torch.equal(a["log_accum"]["sums"], b["log_accum"]["sums"])
     # and the other engine continues it
     other = "fast" if backend == "reference" else "reference"

@@ -25,6 +25,7 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 
 from oddfiles import make_good_folder
+from tiny import assert_same_training
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -67,25 +68,6 @@ def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def tensors(ck: dict) -> dict:
-    """Weights, running statistics and optimizer state of a checkpoint, by name."""
-    named = {**{f"G.{k}": v for k, v in ck["generator"].items()},
-             **{f"D.{k}": v for k, v in ck["critic"].items()}}
-    for opt in ("opt_g", "opt_d"):
-        for i, s in ck[opt]["state"].items():
-            for k, v in s.items():
-                if isinstance(v, torch.Tensor):
-                    named[f"{opt}.{i}.{k}"] = v
-    return named
-
-
-def assert_same_training(a: dict, b: dict) -> None:
-    ta, tb = tensors(a), tensors(b)
-    assert ta.keys() == tb.keys()
-    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not different, f"{len(different)} tensors differ, first {different[0]}"
 
 
 # n_critic 2 with 3-step warm-up phases; 16 images in global batches of 4 (2 per rank): epochs end
