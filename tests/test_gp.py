@@ -254,3 +254,15 @@ def test_a_critic_with_batchnorm_keeps_plain_blocks_under_the_penalty():
     assert keep_twice_differentiable(D, "wgan") == []
     assert keep_twice_differentiable(D, "wgan-gp") == [1, 2]
     assert [b.impl for b in D.blocks] == ["triton", "ref", "ref"]
+
+
+def test_cpu_gp_preset_is_the_cpu_preset_with_the_penalty():
+    cfg, _, _ = train.parse_config(["--preset", "cpu-gp", "--out", "unused"])
+    cpu, _, _ = train.parse_config(["--preset", "cpu", "--out", "unused"])
+    assert (cfg.loss, cfg.learning_rate, cfg.adam_betas, cfg.critic_normalization) == \
+        ("wgan-gp", 5e-4, (0.0, 0.9), "none")
+    assert cfg.critic_warmup == cfg.n_critic  # no warm-up phases
+    same = ("image_size", "ngf", "ndf", "batch_size", "iters", "n_critic", "sample_every")
+    assert [getattr(cfg, k) for k in same] == [getattr(cpu, k) for k in same]
+    # a flag still wins over the preset
+    assert train.parse_config(["--preset", "cpu-gp", "--lr", "1e-4", "--out", "unused"])[0].learning_rate == 1e-4
