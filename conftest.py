@@ -12,6 +12,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _subprocess_tmpdir(tmp_path_factory):
+    """Processes the tests start (torchrun, trainer runs) make their temporary folders under
+    pytest's own, which pytest prunes, instead of leaving them in /tmp: torchrun makes a
+    ``torchelastic_*`` log folder per launch and does not remove it."""
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("subprocess-tmp"))
+    yield
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _restore_backend_flags():
     """The fast engine turns on cuDNN's autotuner and tests may pin determinism or TF32: flags
