@@ -18,10 +18,12 @@ import fcntl
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 LOCK_NAME = ".lock"
+PID_WIDTH = 10  # the holder's pid in the lock file, padded to this width
 # what a full disk, a read-only file system, a quota or missing permissions raise on a write
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
                           errno.EFBIG})
@@ -61,7 +63,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                holder = _holder(fd)
                 os.close(fd)
                 raise RunFolderError(f"{self.out} is in use by another training run (pid {holder}); "
                                      "wait for it to end, or pass another --out") from None
@@ -72,8 +74,11 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # the pid in place, at a fixed width, then the rest cut: a reader never finds the file
+        # empty or holding parts of two pids (except before the first holder's write)
+        record = f"{os.getpid():<{PID_WIDTH}}\n".encode()
+        os.pwrite(fd, record, 0)
+        os.ftruncate(fd, len(record))
         self.fd = fd
 
     def __exit__(self, *exc) -> None:
@@ -84,6 +89,17 @@ class RunLock:
             self.out.rmdir()
         os.close(self.fd)  # releases the lock
         self.fd = None
+
+
+def _holder(fd: int, wait_s: float = 1.0) -> str:
+    """The pid in a lock file another process holds; it writes it just after taking the lock,
+    so a file still empty is read again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, PID_WIDTH + 1, 0).decode(errors="replace").strip()
+        if text or time.monotonic() > deadline:
+            return text or "unknown"
+        time.sleep(0.02)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], sync: bool = True) -> Path:

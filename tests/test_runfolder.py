@@ -76,6 +76,26 @@ def test_resume_and_overwrite_take_the_lock(tmp_path, data, capsys):
     assert (out / "metrics.jsonl").read_text() == before and ckpt_io.load(out)["iteration"] == 2
 
 
+def test_lock_names_a_holder_caught_between_its_lock_and_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock: a second run that looks in between
+    waits for the pid rather than naming "unknown"."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "r"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, the file still empty
+        writer = threading.Timer(0.3, lambda: os.pwrite(fd, b"4242      \n", 0))
+        writer.start()
+        with pytest.raises(RunFolderError, match=r"\(pid 4242\)"):
+            RunLock(out).__enter__()
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 @pytest.mark.slow  # two trainer processes: about 10 s on 2 cores
 def test_two_trainers_on_one_folder(tmp_path, data):
     """Two runs started together on one folder: the second to reach the lock stops at once
