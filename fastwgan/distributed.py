@@ -31,6 +31,8 @@ Several processes (the trainer)
       (``gather_to_writer``: every rank's RNG state for the checkpoint) go through ``control``, a
       gloo group on the host: no device synchronisation, no NCCL object collectives.
     * The loss sums are averaged at log time only (``mean_over_ranks``).
+    * Work that fills a cache on the machine (the built-in faces, the decoded dataset) is done by
+      each machine's first process while the others wait (``machine_leader_first``).
     * A checkpoint is resumed exactly with the world size that wrote it (each rank gets its own
       RNG state back); with another world size every rank continues from rank 0's state, or from
       ``resume_seed`` where the checkpoint has none for it: not bit for bit, and the trainer says
@@ -46,15 +48,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
+# how long the other processes of a machine wait for its first one to generate or decode the data
+LEADER_WAIT = timedelta(hours=2)
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 RESTART_VAR = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: 0, then 1, 2, ... after failures
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,30 @@ def any_rank(flag: bool, world: World) -> bool:
     t = torch.tensor([int(flag)], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.control)
     return bool(t.item())
+
+
+def machine_leader_first(work: Callable[[], T], world: World,
+                         wait: timedelta = LEADER_WAIT) -> T:
+    """``work()`` on each machine's first process (LOCAL_RANK 0) before the others, which then
+    run it themselves: for work that fills a cache on this machine (the built-in faces, the
+    decoded dataset), so that one process does it and the others read what it wrote, instead of
+    N processes doing it N times side by side (N times the CPU work and N temporary copies of a
+    2.5 GB file on the disk at once).
+
+    The leader joins the wait whether its work succeeds or raises, then returns or re-raises;
+    the others then try for themselves, so a bad dataset gives every process its own error. The
+    others wait up to ``wait`` (the first decode of a large set takes minutes, longer than
+    ``--dist-timeout`` allows a collective): a gloo ``monitored_barrier``, with a timeout of its
+    own, on the host."""
+    if not world.distributed:
+        return work()
+    if world.local_rank != 0:
+        dist.monitored_barrier(group=world.control, timeout=wait)
+        return work()
+    try:
+        return work()
+    finally:
+        dist.monitored_barrier(group=world.control, timeout=wait)
 
 
 def gather_to_writer(obj: Any, world: World) -> Optional[list]:

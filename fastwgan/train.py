@@ -350,7 +350,13 @@ def _train(cfg: Config, resume: Optional[dict], log: RunLog, notes: Sequence[str
 
 def setup_data(cfg: Config, device: torch.device, world: World, resume: Optional[dict], log):
     """The dataset and this rank's batches (its share of each global batch), from the resume
-    point on."""
+    point on. With several processes, each machine's first one goes first: it generates the
+    built-in faces or decodes the resident set into the cache, and the others read the cache."""
+    return distributed.machine_leader_first(lambda: _open_data(cfg, device, world, resume, log),
+                                            world)
+
+
+def _open_data(cfg: Config, device: torch.device, world: World, resume: Optional[dict], log):
     dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "

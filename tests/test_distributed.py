@@ -285,7 +285,29 @@ def job_bn_act(world: World):
     return out
 
 
-_JOBS = {"engines": job_engines, "count": job_count_collectives, "checksum": job_checksum,
+def job_leader_first(world: World):
+    """``machine_leader_first`` with this rank as its machine's LOCAL_RANK (rank 0 leads): when
+    each rank's work started and ended, for work that succeeds, then for work the leader fails."""
+    world = dataclasses.replace(world, local_rank=world.rank)
+    out = {}
+
+    def work(name: str, fail: bool):
+        start = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes of a machine
+        time.sleep(0.3)
+        out[name] = (start, time.monotonic())
+        if fail and world.local_rank == 0:
+            raise ValueError("the leader's data is bad")
+        return name
+
+    out["returned"] = fdist.machine_leader_first(lambda: work("ok", False), world)
+    try:
+        fdist.machine_leader_first(lambda: work("after_failure", True), world)
+    except ValueError as e:
+        out["raised"] = str(e)
+    return out
+
+
+_JOBS = {"leader_first": job_leader_first, "engines": job_engines, "count": job_count_collectives, "checksum": job_checksum,
          "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic, "broadcast": job_broadcast}
 
 
@@ -501,6 +523,16 @@ def test_sync_bn_kernel_and_twin_match_the_global_batch(ranks):
 
 
 # --- one process ---------------------------------------------------------------------------------
+
+def test_machine_leader_first(ranks):
+    """The other ranks start their work once the leader's has ended, also when it raised (the
+    leader gets its own error back; the others try for themselves)."""
+    leader, other = ranks[0]["leader_first"], ranks[1]["leader_first"]
+    assert leader["returned"] == other["returned"] == "ok"
+    assert other["ok"][0] >= leader["ok"][1]
+    assert leader["raised"] == "the leader's data is bad" and "raised" not in other
+    assert other["after_failure"][0] >= leader["after_failure"][1]
+
 
 def test_split_batch():
     assert split_batch(64, 8) == 8
