@@ -68,6 +68,11 @@ python -c "import xdist" 2>/dev/null && XDIST="-n 8"
 # offline (the machine has torch, triton, numpy, pillow, pytest, pytest-benchmark already).
 python -m pip install -q --no-deps --no-build-isolation -e . >"$DETAIL/install.log" 2>&1 \
   || echo "warning: editable install failed (see install.log)"
+# fastwgan.kernels is kernels/ only through the install's package_dir: without the install, a link
+# in this copy of the tree makes it importable from the tree's root (where every step runs)
+if ! python -c "import fastwgan.kernels" 2>/dev/null && [ ! -e fastwgan/kernels ]; then
+  ln -s ../kernels fastwgan/kernels && echo "note: fastwgan/kernels linked to kernels/ (no install)"
+fi
 
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ, stage $STAGE"
