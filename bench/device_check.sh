@@ -5,7 +5,7 @@
 #   bash bench/device_check.sh      # stage 1: step limits add up to 7.5 minutes (+ install, summary)
 #   bash bench/device_check.sh 2    # stage 2, optional: 3.8 minutes, the compile-heavy rows; it fits
 #                                   # the same lease only when stage 1 ended early (its steps.txt
-#                                   # says), else it is a later session's first call
+#                                   # says), else it is the first call of a later lease
 #
 # Stage 1, in this order; a step that runs over its limit is cut and the next one runs:
 #   smoke          60 s  python -m fastwgan.check: environment, each kernel against its twin at the
