@@ -119,9 +119,10 @@ class Batches:
     Several processes (``shard = (rank, world_size)``): ``batch_size`` is the global batch; each
     rank gets its slice of every global batch (``batch_size / world_size`` images), so the ranks
     together consume the images one process consumes, and ``position`` stays the global batch
-    number. In resident mode every rank keeps the whole decoded dataset (the trainer lets
-    one process per machine decode it into the cache first: ``distributed.machine_leader_first``): its epoch-ordered batches are its slices, and its ``sampler()`` draws
-    i.i.d. from all of it with the rank's own device RNG.
+    number. In resident mode every rank keeps the whole decoded dataset (the trainer has one
+    process per machine decode it into the cache first: ``distributed.machine_leader_first``):
+    its epoch-ordered batches are its slices, and its ``sampler()`` draws i.i.d. from all of it
+    with the rank's own device RNG.
     """
 
     def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int], batch_size: int,
