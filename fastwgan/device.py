@@ -45,10 +45,10 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> Optional[bool]:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def amp_dtype(amp: bool, device: torch.device, log: Callable[[str], None]) -> Optional[torch.dtype]:
-    """bf16 where ``--amp`` asks for it and the device computes it well; None (fp32) otherwise,
-    with a warning logged when ``--amp`` was asked for and cannot be honoured."""
-    if not amp:
+def amp_dtype(cfg, device: torch.device, log: Callable[[str], None]) -> Optional[torch.dtype]:
+    """bf16 where ``cfg.amp`` (``--amp``) asks for it and the device computes it well; None (fp32)
+    otherwise, with a warning logged when ``--amp`` was asked for and cannot be honoured."""
+    if not cfg.amp:
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log("warning: --amp: this GPU has no bf16 support; training in fp32")
