@@ -18,10 +18,13 @@ import time
 
 import torch
 
-CONFIGS = {  # the paper's recipe at 64x64, and a large batch at 128x128 (where more GPUs help)
-    "paper": dict(image_size=64, ngf=64, ndf=64, batch_size=64),
-    "large": dict(image_size=128, ngf=64, ndf=64, batch_size=256),
-    "cpu": dict(image_size=16, ngf=8, ndf=8, batch_size=8),  # a dry run of the script on a CPU
+# The trainer's flags of each point (fastwgan.runconfig.preset_config): the paper's recipe at
+# 64x64, a large batch at 128x128 (where more GPUs help), and the smoke preset for a dry run of
+# the script on a CPU.
+CONFIGS = {
+    "paper": dict(),
+    "large": dict(image_size=128, batch_size=256),
+    "cpu": dict(preset="smoke"),
 }
 N_IMAGES = 4096  # random images per rank: enough for i.i.d. draws, small in device memory
 
@@ -31,69 +34,90 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=tuple(CONFIGS), default="paper")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--iters", type=int, default=30, help="timed generator iterations")
     p.add_argument("--out", required=True, help="JSON file rank 0 writes")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    from fastwgan.config import Config
-    from fastwgan.data.dali import ResidentSampler
-    from fastwgan.distributed import (all_reduce_mean_, exit_process, init_from_env,
-                                      seed_device_rng, shutdown, split_batch)
-    from fastwgan.fast import FastEngine
-    from fastwgan.models import Critic, Generator
+
+def make_engine(cfg, world, amp: bool):
+    """This rank's fast engine (CUDA graphs) on random resident images, as the trainer builds it."""
+    from fastwgan.build import build_engine, build_networks
+    from fastwgan.data.sampler import ResidentSampler
+    from fastwgan.distributed import seed_device_rng, split_batch
+
+    device = world.device
+    torch.manual_seed(0)
+    G, D = build_networks(cfg, device)
+    seed_device_rng(0, world)
+    g = torch.Generator(device).manual_seed(world.rank)
+    data = torch.randint(0, 256, (N_IMAGES, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                         device=device, generator=g)
+    local = split_batch(cfg.batch_size, world.world_size)
+    sampler = ResidentSampler(data, local, device=device, channels_last=device.type == "cuda")
+    dtype = torch.bfloat16 if amp and device.type == "cuda" else None
+    return build_engine(cfg, G, D, sampler, device, dtype, world, backend="fast", graphs=True), dtype
+
+
+def seconds_per_iteration(engine, cfg, world, iters: int) -> float:
+    """Wall time of one generator iteration on every rank, after three untimed ones (kernels
+    compile, cuDNN picks algorithms, graphs are captured)."""
+    from fastwgan.distributed import all_reduce_mean_
+
+    device = world.device
+    for _ in range(3):
+        engine.iteration(cfg.steady_n_critic)
+    synchronize(device)
+    all_reduce_mean_(torch.zeros(1, device=device), world)  # every rank ready
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        engine.iteration(cfg.steady_n_critic)
+    synchronize(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def allreduce_seconds(engine, world, reps: int = 20) -> float:
+    """One all-reduce of the critic's flat gradient buffer, alone."""
+    from fastwgan.distributed import all_reduce_mean_
+
+    flat = torch.zeros(sum(q.numel() for q in engine.D.parameters()), device=world.device)
+    for _ in range(3):
+        all_reduce_mean_(flat, world)
+    synchronize(world.device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        all_reduce_mean_(flat, world)
+    synchronize(world.device)
+    return (time.perf_counter() - t0) / reps
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from fastwgan.distributed import exit_process, init_from_env, shutdown, split_batch
+    from fastwgan.runconfig import preset_config
 
     world = init_from_env(args.device)
     try:
-        device = world.device
-        cfg = Config(**CONFIGS[args.config], n_critic=5, n_critic_warmup=100, amp=args.amp)
-        local = split_batch(cfg.batch_size, world.world_size)
-        torch.manual_seed(0)
-        G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-        D = Critic(cfg.image_size, cfg.ndf).to(device)
-        seed_device_rng(0, world)
-        g = torch.Generator(device).manual_seed(world.rank)
-        data = torch.randint(0, 256, (N_IMAGES, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
-                             device=device, generator=g)
-        sampler = ResidentSampler(data, local, device=device, channels_last=device.type == "cuda")
-        dtype = torch.bfloat16 if args.amp and device.type == "cuda" else None
-        engine = FastEngine(cfg, G, D, sampler, device, dtype, graphs=True, world=world)
-        for _ in range(3):  # warm-up: kernels compile, cuDNN picks algorithms, graphs are captured
-            engine.iteration(cfg.n_critic)
-        synchronize(device)
-        all_reduce_mean_(torch.zeros(1, device=device), world)  # every rank ready
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(args.iters):
-            engine.iteration(cfg.n_critic)
-        synchronize(device)
-        seconds = (time.perf_counter() - t0) / args.iters
-
-        # one all-reduce of the critic's flat gradient buffer, alone
-        flat = torch.zeros(sum(q.numel() for q in D.parameters()), device=device)
-        for _ in range(3):
-            all_reduce_mean_(flat, world)
-        synchronize(device)
-        reps = 20
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            all_reduce_mean_(flat, world)
-        synchronize(device)
-        allreduce_s = (time.perf_counter() - t0) / reps
-
+        cfg = preset_config(**CONFIGS[args.config], amp=args.amp)
+        engine, dtype = make_engine(cfg, world, args.amp)
+        seconds = seconds_per_iteration(engine, cfg, world, args.iters)
+        allreduce_s = allreduce_seconds(engine, world)
+        n_critic, device = cfg.steady_n_critic, world.device
         if world.is_writer:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             point = {
                 "config": args.config, "world_size": world.world_size, "backend": world.backend,
                 "device": name, "engine": engine.describe(), "batch": cfg.batch_size,
-                "per_rank_batch": local, "image_size": cfg.image_size, "amp": dtype is not None,
-                "s_per_iter": seconds, "img_per_s": cfg.n_critic * cfg.batch_size / seconds,
+                "per_rank_batch": split_batch(cfg.batch_size, world.world_size),
+                "image_size": cfg.image_size, "amp": dtype is not None,
+                "s_per_iter": seconds, "img_per_s": n_critic * cfg.batch_size / seconds,
                 "allreduce_ms": allreduce_s * 1e3,
-                "critic_step_ms": seconds / (cfg.n_critic + 1) * 1e3,  # about: G and D steps alike
+                "critic_step_ms": seconds / (n_critic + 1) * 1e3,  # about: G and D steps alike
             }
             with open(args.out, "w", encoding="utf-8") as f:
                 json.dump(point, f)

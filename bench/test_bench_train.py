@@ -1,7 +1,8 @@
 """End-to-end training throughput: generator iterations/s and real images/s, every engine.
 
-One generator iteration = n_critic (5) critic steps + one generator step, batch 64, 64x64, the
-paper's DCGAN widths on a GPU; on a CPU 32x32, width 16, batch 16 (seconds, not minutes). The
+One generator iteration = n_critic (5) critic steps + one generator step, of the networks the
+trainer builds (fastwgan.build): the paper's recipe on a GPU (64x64, batch 64, width 64); on a CPU
+the cpu preset's (32x32, batch 64, width 32). The
 images are the built-in synthetic faces: 4,000 generated CelebA-sized (178x218) JPEGs, decoded
 once as training decodes CelebA (center crop 108, resize; DALI where installed, else Pillow) and
 kept on the device; every row draws its real batches from them with the resident sampler, so the
@@ -29,12 +30,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastwgan.config import Config
-from fastwgan.data.dali import ResidentSampler
-from fastwgan.engine import ReferenceEngine
-from fastwgan.fast import FastEngine
-from fastwgan.models import Critic, Generator
-from fastwgan.steps import StepConfig, critic_step, make_optimizers
+from fastwgan.build import build_engine, build_networks
+from fastwgan.data.sampler import ResidentSampler
+from fastwgan.losses import LOSSES
+from fastwgan.runconfig import preset_config
+from fastwgan.steps import StepConfig, make_optimizers
 
 from conftest import device_name, synced
 
@@ -66,19 +66,16 @@ def real_images(device, image_size: int) -> tuple[torch.Tensor, str]:
     return _DATA[key]
 
 
-def sizes(device):
-    if device.type == "cuda":
-        return dict(image_size=64, ngf=64, ndf=64, batch_size=64)
-    return dict(image_size=32, ngf=16, ndf=16, batch_size=16)
+def bench_config(device, loss: str = "wgan"):
+    """What the trainer would train here with ``--loss loss``: the paper's recipe on a GPU, the
+    cpu preset on a CPU."""
+    return preset_config(None if device.type == "cuda" else "cpu", loss)
 
 
 def make(device, engine: str, amp: bool, compile_mode: str | None = None, loss: str = "wgan"):
-    s = sizes(device)
-    # wgan: the paper's 100-step phases; wgan-gp: its own default, none
-    cfg = Config(**s, n_critic=5, n_critic_warmup=100 if loss == "wgan" else None, loss=loss)
+    cfg = bench_config(device, loss)
     torch.manual_seed(0)
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf, norm=cfg.critic_normalization).to(device)
+    G, D = build_networks(cfg, device)
     data, _ = real_images(device, cfg.image_size)
     # each engine's own layout: the reference's modules are NCHW, the fast engine's channels_last
     # on CUDA (NCHW on a CPU)
@@ -87,12 +84,12 @@ def make(device, engine: str, amp: bool, compile_mode: str | None = None, loss: 
     # every row with cuDNN's autotuner (the fast engine turns it on; the reference gets it too)
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if amp else None
-    if engine == "reference":
-        if compile_mode:
-            G.forward = torch.compile(G.forward, mode=compile_mode)
-            D.forward = torch.compile(D.forward, mode=compile_mode)
-        return cfg, ReferenceEngine(cfg, G, D, sampler, device, dtype)
-    return cfg, FastEngine(cfg, G, D, sampler, device, dtype, graphs=engine == "fast-graphs")
+    if compile_mode:
+        G.forward = torch.compile(G.forward, mode=compile_mode)
+        D.forward = torch.compile(D.forward, mode=compile_mode)
+    backend = "reference" if engine == "reference" else "fast"
+    return cfg, build_engine(cfg, G, D, sampler, device, dtype, backend=backend,
+                             graphs=engine == "fast-graphs")
 
 
 def row_key(device, loss: str) -> str:
@@ -102,7 +99,7 @@ def row_key(device, loss: str) -> str:
 def baseline_seconds(device, rounds: int = 5, loss: str = "wgan") -> float:
     """Seconds per generator iteration of the eager fp32 reference, timed by hand."""
     cfg, eng = make(device, "reference", amp=False, loss=loss)
-    run = synced(lambda: eng.iteration(cfg.n_critic), device)
+    run = synced(lambda: eng.iteration(cfg.steady_n_critic), device)
     run()
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -118,7 +115,7 @@ def iteration_flops(device, loss: str = "wgan") -> int:
     if key not in _FLOPS:
         cfg, eng = make(device, "reference", amp=False, loss=loss)
         with FlopCount() as counter:
-            eng.iteration(cfg.n_critic)
+            eng.iteration(cfg.steady_n_critic)
         _FLOPS[key] = counter.total
     return _FLOPS[key]
 
@@ -144,7 +141,7 @@ class FlopCount(TorchDispatchMode):
 
 
 def measure(benchmark, device, cfg, eng, label):
-    run5 = synced(lambda: eng.iteration(cfg.n_critic), device)
+    run5 = synced(lambda: eng.iteration(cfg.steady_n_critic), device)
     run100 = synced(lambda: eng.iteration(cfg.critic_warmup), device)
     for _ in range(2):  # warm-up: compilation, cuDNN algorithm search, graph capture
         run5()
@@ -198,7 +195,7 @@ def test_fast_eager(benchmark, bench_device):
 def test_fast_graphs(benchmark, bench_device, amp):
     cfg, eng = make(bench_device, "fast-graphs", amp=amp)
     for _ in range(2):  # warm-up and capture: a failed capture (eager fallback) is no graphs row
-        eng.iteration(cfg.n_critic)
+        eng.iteration(cfg.steady_n_critic)
     torch.cuda.synchronize()
     assert eng.capture_error is None and eng.use_graphs, eng.capture_error
     measure(benchmark, bench_device, cfg, eng, f"fast graphs {'bf16' if amp else 'fp32'}")
@@ -213,7 +210,7 @@ def test_wgan_gp_reference_eager(benchmark, bench_device):
 def test_wgan_gp_fast_graphs(benchmark, bench_device):
     cfg, eng = make(bench_device, "fast-graphs", amp=False, loss="wgan-gp")
     for _ in range(2):  # warm-up and capture (the double backward included)
-        eng.iteration(cfg.n_critic)
+        eng.iteration(cfg.steady_n_critic)
     torch.cuda.synchronize()
     assert eng.capture_error is None and eng.use_graphs, eng.capture_error
     measure(benchmark, bench_device, cfg, eng, "wgan-gp fast graphs fp32")
@@ -223,17 +220,17 @@ def test_wgan_gp_fast_graphs(benchmark, bench_device):
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_reference_critic_step(benchmark, bench_device, amp):
-    s = sizes(bench_device)
+    cfg = bench_config(bench_device)
+    loss = LOSSES[cfg.loss]
     torch.backends.cudnn.benchmark = True  # as every row of make()
     torch.manual_seed(0)
-    G = Generator(s["image_size"], 100, s["ngf"]).to(bench_device)
-    D = Critic(s["image_size"], s["ndf"]).to(bench_device)
-    opt_g, opt_d = make_optimizers(G, D, "wgan", 5e-5)
-    B = s["batch_size"]
-    real = torch.rand(B, 3, s["image_size"], s["image_size"], device=bench_device) * 2 - 1
-    z = torch.randn(B, 100, device=bench_device)
-    cfg = StepConfig("wgan", 0.01, torch.bfloat16 if amp else None)
-    step = synced(lambda: critic_step(G, D, opt_d, real, z, cfg), bench_device)
+    G, D = build_networks(cfg, bench_device)
+    opt_g, opt_d = make_optimizers(G, D, loss.optimizer, cfg.learning_rate, cfg.adam_betas)
+    B, size = cfg.batch_size, cfg.image_size
+    real = torch.rand(B, 3, size, size, device=bench_device) * 2 - 1
+    z = torch.randn(B, cfg.nz, device=bench_device)
+    step_cfg = StepConfig(cfg.clip, torch.bfloat16 if amp else None)
+    step = synced(lambda: loss.critic_step(G, D, opt_d, real, z, step_cfg), bench_device)
     step()
     benchmark.pedantic(step, rounds=5 if bench_device.type == "cpu" else 50, iterations=1)
     benchmark.extra_info.update({"device": device_name(bench_device), "batch": B,

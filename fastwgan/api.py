@@ -40,18 +40,19 @@ def train(config: Optional[Config] = None, *, log: Callable[[str], None] = print
 
     Bad input raises ``ConfigError``, ``fastwgan.data.DataError`` or
     ``fastwgan.checkpoint.CheckpointError`` (the command line prints these as one line); a run
-    stopped by a NaN loss or a signal raises ``fastwgan.train.Stop`` after its checkpoint.
+    stopped by a NaN loss or a signal raises ``fastwgan.stop.Stop`` after its checkpoint.
     """
-    from fastwgan import train as cli
+    from fastwgan import run
+    from fastwgan.runconfig import parse_config
 
     given = given_values(config, flags)
-    cfg, resume, notes = cli.parse_config([], given)
+    cfg, resume, notes = parse_config([], given)
     if resume and resume["iteration"] >= cfg.iters:
         log(f"the checkpoint is at iteration {resume['iteration']}, at or past iters {cfg.iters}; "
             "nothing to train")
         return {"iteration": resume["iteration"], "elapsed": resume.get("elapsed", 0.0), "out": cfg.out}
     call = ", ".join(f"{k}={v!r}" for k, v in given.items())
-    return cli.train(cfg, resume, log=log, notes=notes, command=f"fastwgan.train({call})")
+    return run.train(cfg, resume, log=log, notes=notes, command=f"fastwgan.train({call})")
 
 
 def load_generator(run: str, device: str = "cpu"):

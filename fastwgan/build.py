@@ -7,7 +7,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
+from fastwgan.distributed import SINGLE, World
+from fastwgan.engine import Engine, ReferenceEngine
+from fastwgan.fast import FastEngine
 from fastwgan.models import Critic, Generator
 
 
@@ -29,3 +33,34 @@ def build_networks(cfg, device: Optional[torch.device | str] = None) -> tuple[Ge
     if device is not None:
         G, D = G.to(device), D.to(device)
     return G, D
+
+
+def resolve_backend(cfg, device: torch.device) -> str:
+    """``--backend``: ``auto`` is the fast engine on CUDA and the reference elsewhere."""
+    if cfg.backend == "auto":
+        return "fast" if device.type == "cuda" else "reference"
+    return cfg.backend
+
+
+def build_engine(cfg, G: nn.Module, D: nn.Module, source, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], world: World = SINGLE, *,
+                 backend: Optional[str] = None, graphs: Optional[bool] = None,
+                 impl: Optional[str] = None) -> Engine:
+    """The engine that trains ``G`` and ``D`` (already on ``device``) as ``cfg`` says, with its
+    optimizers, fed by ``source``: a ``fastwgan.data.Batches`` or any iterator of real batches.
+
+    ``backend``: "reference" or "fast" (default: ``resolve_backend``). The fast engine draws from
+    the device-side sampler where ``source`` is a resident ``Batches`` (channels_last on CUDA),
+    from ``source`` itself otherwise; ``graphs`` (default ``cfg.graphs``) and ``impl`` (default:
+    Triton on CUDA, the twins elsewhere) are its own. ``world``: this process's place among
+    several (``cfg.sync_bn`` applies there)."""
+    backend = backend or resolve_backend(cfg, device)
+    kw = dict(world=world, sync_bn=cfg.sync_bn)
+    if backend == "reference":
+        return ReferenceEngine(cfg, G, D, source, device, amp_dtype, **kw)
+    if backend != "fast":
+        raise ValueError(f"backend must be 'reference' or 'fast', not {backend!r}")
+    if getattr(source, "mode", None) == "resident":  # a Batches that holds the decoded set
+        source = source.sampler(channels_last=device.type == "cuda")
+    return FastEngine(cfg, G, D, source, device, amp_dtype, cfg.graphs if graphs is None else graphs,
+                      impl=impl, **kw)

@@ -19,8 +19,11 @@ the rest is SKIP for want of a GPU. ``--bench`` adds a speed table of about 30 s
 against the eager fp32 reference, measured in the same run); ``--json FILE`` writes everything.
 Exit status 0 when nothing failed (skips are not failures), 1 when a check failed, 2 on bad flags.
 
-The trainer runs the short form of the kernel checks (one call of each kernel, about a second)
-before a fast run on CUDA: ``start_of_run_problem``.
+The engine checks and the speed table run the networks the trainer builds (``fastwgan.build``)
+for ``--preset`` and ``--loss`` (default: the paper's recipe on a GPU, the cpu preset on a CPU),
+shortened only in how long they run (``check_config``). The trainer runs the short form of the
+kernel checks (one call of each kernel, about a second) before a fast run on CUDA:
+``fastwgan.parity.start_of_run_problem``.
 """
 from __future__ import annotations
 
@@ -49,14 +52,11 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from fastwgan.device import device_label
+from fastwgan.parity import one_line
+
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 NO_GPU = "no CUDA device here"
-# the interpreter runs about 1.4 ms per program instance: these shapes keep it to seconds
-CPU_BN_SHAPE = (2, 16, 4, 4)
-CPU_RMSPROP_SIZES = {"critic": 3000, "generator": 1025}
-GUARD_RMSPROP_SIZE = 1 << 16  # the start-of-run check: one launch of 64 programs
-
-
 class Skip(Exception):
     """A check that cannot run here; the message says why."""
 
@@ -82,15 +82,6 @@ def run_check(name: str, fn: Callable[[], Optional[str]]) -> Result:
     except Exception as e:  # noqa: BLE001 - a check that breaks is a failed check, reported
         status, detail = FAIL, one_line(e)
     return Result(name, status, round(time.perf_counter() - t0, 3), detail)
-
-
-def one_line(e: BaseException) -> str:
-    """An assertion's whole message on one line (assert_close puts the numbers on later lines);
-    any other error's type and first line."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    if isinstance(e, AssertionError):
-        return " ".join(lines) or "assertion failed"
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 # --- environment ---------------------------------------------------------------------------------
@@ -213,75 +204,46 @@ def kernel_check(device: torch.device, case: Callable, *args) -> None:
     case(*args)
 
 
-def rmsprop_case(n: int, clip: Optional[float], device: torch.device, seed: int = 0) -> None:
-    """One RMSprop (+ clip) launch over ``n`` parameters against the twin, fp32: the kernel does
-    the twin's operations in its order, so they agree to an ulp or two (tests/test_optim.py)."""
-    rc_mod = importlib.import_module("fastwgan.kernels.rmsprop_clip")
-    g = torch.Generator().manual_seed(seed)
-    p = (torch.randn(n, generator=g) * 0.02).to(device)
-    grad = torch.randn(n, generator=g).to(device)
-    v = (torch.rand(n, generator=g) * 1e-2).to(device)
-    lr = torch.tensor(1e-3, device=device)
-    p_k, v_k, s_k = p.clone(), v.clone(), torch.zeros((), device=device)
-    p_r, v_r, s_r = p.clone(), v.clone(), torch.zeros((), device=device)
-    rc_mod.rmsprop_clip(p_k, grad, v_k, lr, 0.99, 1e-8, clip, s_k, impl="triton")
-    rc_mod.rmsprop_clip_ref(p_r, grad, v_r, lr, 0.99, 1e-8, clip, s_r)
-    torch.testing.assert_close(p_k, p_r, rtol=1e-6, atol=1e-6 * 0.02, msg=lambda m: f"param: {m}")
-    torch.testing.assert_close(v_k, v_r, rtol=1e-6, atol=1e-12, msg=lambda m: f"square_avg: {m}")
-    assert s_k.item() == s_r.item() == 1.0, f"step counter {s_k.item()}, twin {s_r.item()}"
-
-
-def bn_case(shape, dtype, layout, act, training, device: torch.device, seed: int = 0) -> None:
-    """One forward and backward of the fused BatchNorm + activation against the twin: fp32 within
-    reduction-order noise, lower precisions within twice torch's own error (fastwgan.parity)."""
-    from fastwgan.parity import bn_error_bound, bn_inputs, bn_run
-
-    bn_mod = importlib.import_module("fastwgan.kernels.bn_act")  # (the package's bn_act is the function)
-
-    x, w, b, rm, rv, dy = bn_inputs(shape, layout, seed=seed, device=device, dtype=dtype)
-    kw = dict(training=training, act=act, negative_slope=0.2)
-    fast = bn_run(bn_mod.bn_act, x, w, b, rm, rv, dy, impl="triton", **kw)
-    ref_low = bn_run(bn_mod.bn_act_ref, x, w, b, rm, rv, dy, **kw)
-    ref_32 = bn_run(bn_mod.bn_act_ref, x.float(), w, b, rm, rv, dy.float(), **kw)
-    assert fast["y"].dtype == dtype and fast["y"].is_contiguous(memory_format=layout), \
-        f"y is {fast['y'].dtype}, not in the input's layout"
-    problem = bn_error_bound(fast, ref_low, ref_32, dtype)
-    assert problem is None, problem
-
-
-def _dtype_name(dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def _layout_name(layout) -> str:
     return "channels_last" if layout == torch.channels_last else "NCHW"
 
 
-def kernel_checks(device: torch.device, full: bool) -> Iterator[tuple[str, Callable]]:
-    """(name, check) of every kernel check for ``device``: the trainer's shapes on CUDA, tiny
-    ones under the interpreter."""
-    from fastwgan.parity import bn_launches
+def kernel_checks(device: torch.device, full: bool, cfg=None) -> Iterator[tuple[str, Callable]]:
+    """(name, check) of every kernel check for ``device``: the shapes a run of ``cfg`` launches
+    on CUDA (default: ``trainer_config``), tiny ones under the interpreter."""
+    from fastwgan.parity import CPU_RMSPROP_SIZES, rmsprop_case
 
+    cfg = cfg or trainer_config(device)
     cuda = device.type == "cuda"
     if cuda:
-        from fastwgan.models import Critic, Generator
+        from fastwgan.build import build_networks
         from fastwgan.optim import ALIGN
 
         def flat_size(net):  # the optimizer's flat buffer: each parameter padded to ALIGN
             return sum(-(-p.numel() // ALIGN) * ALIGN for p in net.parameters())
 
         with torch.device("meta"):
-            sizes = {"critic": flat_size(Critic(64)), "generator": flat_size(Generator(64))}
+            G, D = build_networks(cfg)
+            sizes = {"critic": flat_size(D), "generator": flat_size(G)}
     else:
         sizes = CPU_RMSPROP_SIZES
     for net, clip in (("critic", 0.01), ("generator", None)):
         n = sizes[net]
         yield (f"kernel rmsprop_clip {net} ({n:,} fp32, clip {clip})",
                lambda n=n, clip=clip: kernel_check(device, rmsprop_case, n, clip, device))
+    yield from bn_kernel_checks(device, full, cfg)
+
+
+def bn_kernel_checks(device: torch.device, full: bool, cfg) -> Iterator[tuple[str, Callable]]:
+    """The BatchNorm + activation kernel at every (shape, activation, mode) a run of ``cfg``
+    launches, fp32 and bf16, on CUDA; under the interpreter, tiny shapes in fp32."""
+    from fastwgan.parity import CPU_BN_SHAPE, dtype_name, bn_case, bn_launches
+
+    cuda = device.type == "cuda"
     if cuda:
         dtypes = (torch.float32, torch.bfloat16)
         layouts = (torch.channels_last, torch.contiguous_format) if full else (torch.channels_last,)
-        cases = [(s, d, lay, a, t) for d in dtypes for lay in layouts for s, a, t in bn_launches()]
+        cases = [(s, d, lay, a, t) for d in dtypes for lay in layouts for s, a, t in bn_launches(cfg)]
     else:  # the interpreter: fp32 (FACTS.md), both layouts, each activation the trainer uses
         def compiled():
             raise Skip(f"{NO_GPU}: the compiled kernels, at the trainer's shapes, in fp32 and bf16, "
@@ -292,7 +254,7 @@ def kernel_checks(device: torch.device, full: bool) -> Iterator[tuple[str, Calla
                  (CPU_BN_SHAPE, torch.float32, torch.contiguous_format, "leaky_relu", True),
                  (CPU_BN_SHAPE, torch.float32, torch.channels_last, "relu", False)]
     for shape, dtype, layout, act, training in cases:
-        name = (f"kernel bn_act {'x'.join(map(str, shape))} {_dtype_name(dtype)} {_layout_name(layout)} "
+        name = (f"kernel bn_act {'x'.join(map(str, shape))} {dtype_name(dtype)} {_layout_name(layout)} "
                 f"{act} {'train' if training else 'eval'}")
         yield name, lambda c=(shape, dtype, layout, act, training): kernel_check(
             device, bn_case, *c, device)
@@ -316,28 +278,49 @@ def backend_flags(**flags):
             setattr(where[k], k.replace("matmul_", ""), v)
 
 
-def _engine_config(cuda: bool, **kw):
-    from fastwgan.config import Config
+def trainer_config(device: torch.device, preset: Optional[str] = None, loss: Optional[str] = None):
+    """The config the trainer resolves from ``--preset`` and ``--loss`` (nothing else given). With
+    neither: the paper's recipe on a GPU, ``--preset cpu`` on a CPU (what each trains there)."""
+    from fastwgan.runconfig import preset_config
 
-    base = (dict(image_size=64, batch_size=64, n_critic=5, n_critic_warmup=7, lr=5e-5) if cuda else
-            dict(image_size=32, nz=8, ngf=8, ndf=8, batch_size=4, n_critic=2, n_critic_warmup=3, lr=1e-3))
-    return Config(**{**base, **kw})
+    if preset is None and loss is None and device.type != "cuda":
+        preset = "cpu"
+    return preset_config(preset, loss)
 
 
-def check_graphs(device: torch.device) -> str:
-    """The fast engine with CUDA graphs against the same engine eager: warm-up, capture, replays
-    of the iteration graph and of the step graphs (a warm-up phase), the same random draws."""
+def check_config(cfg, cuda: bool):
+    """``cfg`` for the engine checks: its networks, loss, optimizer and precision as they are;
+    only how long the checks run shortened. On CUDA the batch is the run's and a warm-up phase
+    is 7 critic steps (a phase is replayed from the step graphs); on a CPU a batch of 4, 2
+    critic steps (3 in a phase) and lr 1e-3, which moves the weights far enough in a few steps
+    for the comparison to see a difference."""
+    import dataclasses
+
+    if cuda:
+        short = dict(n_critic_warmup=7 if cfg.warmup_phases else cfg.n_critic_warmup)
+    else:
+        short = dict(batch_size=4, n_critic=2, lr=1e-3,
+                     n_critic_warmup=3 if cfg.warmup_phases else 2)
+    return dataclasses.replace(cfg, **short)
+
+
+def check_graphs(device: torch.device, cfg=None) -> str:
+    """The fast engine with CUDA graphs against the same engine eager, on the networks of ``cfg``
+    (default: ``trainer_config``): warm-up, capture, replays of the iteration graph and of the
+    step graphs (a warm-up phase, where the loss has them), the same random draws."""
     if device.type != "cuda":
         raise Skip(f"{NO_GPU}: CUDA graphs need one")
-    from fastwgan.data.dali import ResidentSampler
-    from fastwgan.fast import FastEngine
+    from fastwgan.build import build_engine
+    from fastwgan.data.sampler import ResidentSampler
     from fastwgan.parity import assert_same_state, engine_pair
 
-    cfg = _engine_config(True)
+    cfg = check_config(cfg or trainer_config(device), cuda=True)
     (G, D), (G2, D2) = engine_pair(cfg, device)
-    data = torch.randint(0, 256, (256, 64, 64, 3), dtype=torch.uint8, device=device)
-    eager = FastEngine(cfg, G, D, ResidentSampler(data, cfg.batch_size), device, None, graphs=False)
-    graph = FastEngine(cfg, G2, D2, ResidentSampler(data, cfg.batch_size), device, None, graphs=True)
+    size = cfg.image_size
+    data = torch.randint(0, 256, (4 * cfg.batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    eager, graph = (build_engine(cfg, g, d, ResidentSampler(data, cfg.batch_size), device, None,
+                                 backend="fast", graphs=graphs)
+                    for g, d, graphs in ((G, D, False), (G2, D2, True)))
     with backend_flags(deterministic=True):
         for it in [0, 30, 31, 500]:  # eager warm-up and capture, iteration replays, a phase
             torch.cuda.manual_seed(it)
@@ -346,53 +329,67 @@ def check_graphs(device: torch.device) -> str:
             graph.iteration(cfg.n_critic_at(it))
         torch.cuda.synchronize()
     assert graph.capture_error is None, f"capture failed: {graph.capture_error}"
-    assert graph.use_graphs and set(graph.graphs) == {"critic", "generator", "iteration"}, set(graph.graphs)
+    expected = {"iteration"} | ({"critic", "generator"} if cfg.warmup_phases else set())
+    assert graph.use_graphs and set(graph.graphs) == expected, set(graph.graphs)
     assert_same_state(eager.D, graph.D, rtol=1e-5, atol=2e-7)
     assert_same_state(eager.G, graph.G, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(graph.sums, eager.sums, rtol=1e-4, atol=1e-5)
     return f"graphs {sorted(graph.graphs)}"
 
 
-def check_fast_vs_reference(device: torch.device) -> str:
-    """A few iterations of both engines in fp32 from the same weights, batches and z, compared
-    after every critic and generator step (the losses) and at the end (the weights). On CUDA the
-    fast engine runs the Triton kernels (TF32 off: fp32 means fp32); on a CPU the twins."""
-    from fastwgan.engine import ReferenceEngine
-    from fastwgan.fast import FastEngine
+def check_fast_vs_reference(device: torch.device, cfg=None) -> str:
+    """A few iterations of both engines in fp32 from the same weights, batches and z, on the
+    networks of ``cfg`` (default: ``trainer_config``), compared after every critic and generator
+    step (the losses) and at the end (the weights). On CUDA the fast engine runs the Triton
+    kernels (TF32 off: fp32 means fp32); on a CPU the twins."""
+    from fastwgan.build import build_engine
     from fastwgan.parity import FixedBatches, assert_same_state, engine_pair, fixed_batches
 
     cuda = device.type == "cuda"
-    cfg = _engine_config(cuda)
+    cfg = check_config(cfg or trainer_config(device), cuda)
     (G, D), (G2, D2) = engine_pair(cfg, device)
     data = fixed_batches(cfg, 4, device)
-    ref = ReferenceEngine(cfg, G, D, FixedBatches(data), device, None)
-    fast = FastEngine(cfg, G2, D2, FixedBatches(data), device, None, graphs=False)
+    ref = build_engine(cfg, G, D, FixedBatches(data), device, None, backend="reference")
+    fast = build_engine(cfg, G2, D2, FixedBatches(data), device, None, backend="fast", graphs=False)
     # fp32: 1e-6 on a CPU (the same operations through the twins, rounding order only); on CUDA
     # cuDNN in another layout and the fused BatchNorm's sums: 1e-3 relative on the losses
     tol = dict(rtol=1e-3, atol=1e-4) if cuda else dict(rtol=1e-6, atol=1e-7)
-    steps = 0
     with backend_flags(allow_tf32=False, matmul_allow_tf32=False):
-        for it in range(3):
-            for phase in ["critic"] * cfg.n_critic_at(it) + ["generator"]:
-                for engine in (ref, fast):
-                    engine.sums.zero_()
-                    torch.manual_seed(1000 + steps)  # the same z for both
-                    getattr(engine, phase)()
-                torch.testing.assert_close(fast.sums, ref.sums, **tol,
-                                           msg=lambda m: f"losses after step {steps} ({phase}): {m}")
-                steps += 1
-    if cuda:  # a gradient within rounding of zero can take either sign: RMSprop's step bound
-        for a, b in [(ref.D, fast.D), (ref.G, fast.G)]:
-            pa = torch.cat([p.detach().flatten() for p in a.parameters()])
-            pb = torch.cat([p.detach().flatten() for p in b.parameters()])
-            diff = (pa - pb).abs()
-            assert diff.max() <= 2 * 10 * cfg.learning_rate * steps, f"weights {diff.max():.3g} apart"
-            frac = (diff > 1e-3 * pa.abs().clamp_min(1e-2)).float().mean().item()
-            assert frac < 0.01, f"{frac:.1%} of the weights differ by more than 1e-3 relative"
+        steps = step_by_step(cfg, ref, fast, iterations=3, tol=tol)
+    if cuda:
+        weights_within_step_bound(cfg, ref, fast, steps)
     else:
         assert_same_state(ref.G, fast.G, **tol)
         assert_same_state(ref.D, fast.D, **tol)
     return f"{steps} steps, {fast.describe()}"
+
+
+def step_by_step(cfg, ref, fast, iterations: int, tol: dict) -> int:
+    """``iterations`` generator iterations of both engines, phase by phase from the same z,
+    their losses compared after each step; the number of steps taken."""
+    steps = 0
+    for it in range(iterations):
+        for phase in ["critic"] * cfg.n_critic_at(it) + ["generator"]:
+            for engine in (ref, fast):
+                engine.sums.zero_()
+                torch.manual_seed(1000 + steps)  # the same z for both
+                getattr(engine, phase)()
+            torch.testing.assert_close(fast.sums, ref.sums, **tol,
+                                       msg=lambda m: f"losses after step {steps} ({phase}): {m}")
+            steps += 1
+    return steps
+
+
+def weights_within_step_bound(cfg, ref, fast, steps: int) -> None:
+    """On CUDA a gradient within rounding of zero can take either sign: the weights may differ by
+    up to the optimizer's step bound, and only a few of them by more than 1e-3 relative."""
+    for a, b in [(ref.D, fast.D), (ref.G, fast.G)]:
+        pa = torch.cat([p.detach().flatten() for p in a.parameters()])
+        pb = torch.cat([p.detach().flatten() for p in b.parameters()])
+        diff = (pa - pb).abs()
+        assert diff.max() <= 2 * 10 * cfg.learning_rate * steps, f"weights {diff.max():.3g} apart"
+        frac = (diff > 1e-3 * pa.abs().clamp_min(1e-2)).float().mean().item()
+        assert frac < 0.01, f"{frac:.1%} of the weights differ by more than 1e-3 relative"
 
 
 # --- DALI ----------------------------------------------------------------------------------------
@@ -431,50 +428,52 @@ def check_dali(device: torch.device, n: int = 6) -> str:
 
 # --- the speed table -----------------------------------------------------------------------------
 
-def bench(device: torch.device, seconds_per_row: float = 7.0) -> list[dict]:
+def bench(device: torch.device, seconds_per_row: float = 7.0, cfg=None) -> list[dict]:
     """Generator iterations per second of the eager fp32 reference and of the fast engine (with
-    CUDA graphs, fp32 and bf16, on a GPU; eager with the twins on a CPU), same run, same sizes
-    (64x64, batch 64 on a GPU; 32x32, width 16, batch 16 on a CPU), on random resident images."""
-    from fastwgan.data.dali import ResidentSampler
-    from fastwgan.engine import ReferenceEngine
-    from fastwgan.fast import FastEngine
-    from fastwgan.models import Critic, Generator
+    CUDA graphs, fp32 and bf16, on a GPU; eager with the twins on a CPU), same run, on the
+    networks, batch and n_critic of ``cfg`` (default: ``trainer_config``: the paper's on a GPU,
+    the cpu preset's on a CPU), on random resident images, outside the warm-up phases."""
+    from fastwgan.build import build_engine, build_networks
+    from fastwgan.data.sampler import ResidentSampler
 
     cuda = device.type == "cuda"
-    size = dict(image_size=64, ngf=64, ndf=64, batch_size=64) if cuda else \
-        dict(image_size=32, ngf=16, ndf=16, batch_size=16)
-    cfg = _engine_config(cuda, **size, n_critic=5)
+    cfg = cfg or trainer_config(device)
+    n_critic = cfg.steady_n_critic
     data = torch.randint(0, 256, (1024, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
                          device=device)
     rows = [("reference", None), ("fast", None)] + ([("fast", torch.bfloat16)] if cuda else [])
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     out = []
-    for engine, dtype in rows:
+    for backend, dtype in rows:
         torch.manual_seed(0)
-        G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-        D = Critic(cfg.image_size, cfg.ndf).to(device)
-        fast = engine == "fast"
+        G, D = build_networks(cfg, device)
+        fast = backend == "fast"
         sampler = ResidentSampler(data, cfg.batch_size, device=device, channels_last=fast and cuda)
         with backend_flags(benchmark=True):
-            eng = (FastEngine(cfg, G, D, sampler, device, dtype, graphs=True) if fast
-                   else ReferenceEngine(cfg, G, D, sampler, device, dtype))
-            for _ in range(2):  # compilation, cuDNN's choices, graph capture
-                eng.iteration(cfg.n_critic)
-            sync()
-            iters, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds_per_row:
-                for _ in range(5):
-                    eng.iteration(cfg.n_critic)
-                sync()
-                iters += 5
-            dt = (time.perf_counter() - t0) / iters
+            eng = build_engine(cfg, G, D, sampler, device, dtype, backend=backend, graphs=True)
+            dt = seconds_per_iteration(eng, n_critic, seconds_per_row, cuda)
         out.append({"engine": f"{eng.describe()}, {'bf16' if dtype else 'fp32'}",
                     "ms_per_iteration": dt * 1e3,
-                    "gen_iters_per_s": 1 / dt, "img_per_s": cfg.n_critic * cfg.batch_size / dt})
+                    "gen_iters_per_s": 1 / dt, "img_per_s": n_critic * cfg.batch_size / dt})
     base = out[0]["ms_per_iteration"]
     for row in out:
         row["x_reference"] = base / row["ms_per_iteration"]
     return out
+
+
+def seconds_per_iteration(eng, n_critic: int, seconds: float, cuda: bool) -> float:
+    """Wall time of one generator iteration of ``eng``, after two untimed ones (compilation,
+    cuDNN's choices, graph capture), over at least ``seconds``."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(2):
+        eng.iteration(n_critic)
+    sync()
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(5):
+            eng.iteration(n_critic)
+        sync()
+        iters += 5
+    return (time.perf_counter() - t0) / iters
 
 
 def bench_table(rows: list[dict]) -> str:
@@ -486,58 +485,21 @@ def bench_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# --- the start-of-run check of the trainer ---------------------------------------------------------
-
-def guard_applies(device: torch.device) -> bool:
-    """The trainer checks the kernels where the fast engine runs them compiled: on CUDA."""
-    return device.type == "cuda"
-
-
-def start_of_run_problem(cfg, device: torch.device, amp_dtype: Optional[torch.dtype]) -> Optional[str]:
-    """The short form of the kernel checks, before a fast run: one RMSprop + clip launch and one
-    BatchNorm + activation forward and backward (the run's first critic block, its precision,
-    channels_last), each against its twin. None when both agree (or the check does not apply
-    here); else one line saying which kernel failed and how. Its random inputs come from a
-    generator of its own: the run's random numbers are untouched."""
-    if not guard_applies(device):
-        return None
-    from fastwgan.parity import bn_launches
-
-    if device.type == "cuda":
-        launches = bn_launches(cfg.image_size, cfg.nz, cfg.ngf, cfg.ndf, cfg.batch_size,
-                               cfg.extra_layers)
-        shape = next(s for s, act, training in launches if act == "leaky_relu" and training)
-        n = GUARD_RMSPROP_SIZE
-    else:  # (only where a test makes the check apply to a CPU: the interpreter, tiny sizes)
-        shape, n = CPU_BN_SHAPE, CPU_RMSPROP_SIZES["critic"]
-    dtype = amp_dtype or torch.float32
-    checks = [("the fused RMSprop + clip kernel", lambda: rmsprop_case(n, cfg.clip, device)),
-              (f"the fused BatchNorm + activation kernel ({'x'.join(map(str, shape))}, "
-               f"{_dtype_name(dtype)})",
-               lambda: bn_case(shape, dtype, torch.channels_last, "leaky_relu", True, device))]
-    for what, fn in checks:
-        r = run_check(what, fn)
-        if r.status == FAIL:
-            return f"{what} failed its check against the PyTorch twin on {device_label(device)}: {r.detail}"
-    return None
-
-
-def device_label(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-
-
 # --- the command ---------------------------------------------------------------------------------
 
-def all_checks(device: torch.device, full: bool) -> Iterator[tuple[str, Callable]]:
+def all_checks(device: torch.device, full: bool, cfg=None) -> Iterator[tuple[str, Callable]]:
+    """Every check, in order, for the networks and loss of ``cfg`` (default: ``trainer_config``)."""
+    cfg = cfg or trainer_config(device)
+
     def imports():
         importlib.import_module("fastwgan.kernels")
         if device.type == "cuda" and importlib.util.find_spec("triton") is None:
             raise AssertionError("Triton is not installed")
 
     yield "import fastwgan.kernels", imports
-    yield from kernel_checks(device, full)
-    yield "fast engine: CUDA graph replay vs eager", lambda: check_graphs(device)
-    yield "fast engine vs reference, fp32, step by step", lambda: check_fast_vs_reference(device)
+    yield from kernel_checks(device, full, cfg)
+    yield "fast engine: CUDA graph replay vs eager", lambda: check_graphs(device, cfg)
+    yield "fast engine vs reference, fp32, step by step", lambda: check_fast_vs_reference(device, cfg)
     yield "DALI decode vs Pillow", lambda: check_dali(device)
 
 
@@ -562,7 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "engine against the eager fp32 reference, same run")
     p.add_argument("--full", action="store_true", help="check the BatchNorm kernel in the NCHW "
                    "layout too (the trainer uses channels_last on CUDA)")
+    from fastwgan.config import PRESETS
+    from fastwgan.losses import LOSSES
+
+    p.add_argument("--preset", choices=tuple(PRESETS), help="check the networks this preset trains "
+                   "(default: the trainer's defaults, the paper's recipe, on a GPU; cpu on a CPU)")
+    p.add_argument("--loss", choices=tuple(LOSSES), help="check the networks, optimizer and phases "
+                   "of this loss (default: the preset's, else wgan)")
     return p
+
+
+def describe_config(cfg) -> str:
+    """What the engine checks and the speed table run: the trainer's networks of this config."""
+    return (f"--loss {cfg.loss}, {cfg.image_size}x{cfg.image_size}, ngf {cfg.ngf}, ndf {cfg.ndf}, "
+            f"extra layers {cfg.extra_layers}, critic norm {cfg.critic_normalization}, batch "
+            f"{cfg.batch_size}")
 
 
 def _print(line: str) -> None:
@@ -579,7 +555,9 @@ def main(argv=None, echo=_print) -> int:
     prepare_interpreter()
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = trainer_config(device, args.preset, args.loss)
     env = environment()
+    env["networks checked"] = describe_config(cfg)
     echo(f"fastwgan self-check on {device_label(device)}")
     for k, v in env.items():
         echo(f"  {k}: {v}")
@@ -589,20 +567,14 @@ def main(argv=None, echo=_print) -> int:
     def report(summary: str = "running", code: Optional[int] = None) -> None:
         # rewritten after every check: a run cut short by a time limit keeps what it found
         if args.json:
-            from fastwgan import __version__
+            write_report(args.json, device, env, results, rows, summary, code)
 
-            Path(args.json).write_text(json.dumps({
-                "fastwgan": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"), "device": device_label(device), "environment": env,
-                "results": [asdict(r) for r in results], "bench": rows, "summary": summary,
-                "exit_code": code}, indent=2) + "\n")
-
-    for name, fn in all_checks(device, args.full):
+    for name, fn in all_checks(device, args.full, cfg):
         results.append(run_check(name, fn))
         echo(format_result(results[-1]))
         report()
     if args.bench:
-        r = run_check("speed table", lambda: rows.extend(bench(device)))
+        r = run_check("speed table", lambda: rows.extend(bench(device, cfg=cfg)))
         results.append(r)
         echo(format_result(r))
         if rows:
@@ -616,6 +588,18 @@ def main(argv=None, echo=_print) -> int:
     echo(summary)
     report(summary, code)
     return code
+
+
+def write_report(path: str, device: torch.device, env: dict, results: list, rows: list,
+                 summary: str, code: Optional[int]) -> None:
+    """--json: the environment, every result so far and the speed table."""
+    from fastwgan import __version__
+
+    Path(path).write_text(json.dumps({
+        "fastwgan": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"), "device": device_label(device), "environment": env,
+        "results": [asdict(r) for r in results], "bench": rows, "summary": summary,
+        "exit_code": code}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from fastwgan.config import Config
 from fastwgan.models import Critic, Generator
 from fastwgan.runfolder import atomic_write
-from fastwgan.steps import OBJECTIVES
+from fastwgan.losses import LOSSES
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -136,7 +136,7 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
     if "rng" in ckpt and not _rng_complete(ckpt["rng"]):
         fail("its RNG states are incomplete")
     acc = ckpt.get("log_accum")
-    n_sums = len(OBJECTIVES[cfg.loss].sums)  # loss_d, d_real, d_fake, loss_g, then the loss's own
+    n_sums = len(LOSSES[cfg.loss].sums)  # loss_d, d_real, d_fake, loss_g, then the loss's own
     if acc is not None and not (_is_sums(acc.get("sums"), n_sums) and isinstance(acc.get("critic_steps"), int)
                                 and isinstance(acc.get("gen_steps"), int)):
         fail("its 'log_accum' is incomplete")

@@ -13,21 +13,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-IMAGE_SIZES = (32, 64, 128)
-LOSSES = ("wgan", "wgan-gp", "gan")
+from fastwgan.losses import LOSSES, NORMS, Loss
 
-# Defaults that depend on --loss, filled in where the flag was not given. wgan: the WGAN paper's
-# code (martinarjovsky/WassersteinGAN); gan: DCGAN's; wgan-gp: the GP paper's 64x64 code
-# (igul222/improved_wgan_training gan_64x64.py: Adam(1e-4, beta1 0, beta2 0.9) for both networks,
-# 5 critic steps, no warm-up phases, so n_critic_warmup is --n-critic). The GP code's DCGAN
-# critic uses layer normalisation in its wgan-gp mode; here none is the default (the plain
-# critic of the paper's Algorithm 1) and --critic-norm layer gives the GP code's.
-LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "wgan": dict(lr=5e-5, n_critic_warmup=100, critic_norm="batch"),
-    "gan": dict(lr=2e-4, n_critic_warmup=100, critic_norm="batch", adam_beta1=0.5, adam_beta2=0.999),
-    "wgan-gp": dict(lr=1e-4, critic_norm="none", adam_beta1=0.0, adam_beta2=0.9),
-}
+IMAGE_SIZES = (32, 64, 128)
+# The flags whose defaults each loss sets (its ``defaults``: fastwgan.losses), filled in where the
+# flag was not given.
 LOSS_DEFAULTED = ("lr", "n_critic_warmup", "critic_norm", "adam_beta1", "adam_beta2")
+
+
+def _per_loss(key: str, show=lambda loss, v: f"{v:g}") -> str:
+    """'5e-05 for wgan, 0.0001 for wgan-gp, ...': a loss-dependent default, for --help."""
+    return ", ".join(f"{show(loss, loss.defaults[key])} for {name}" for name, loss in LOSSES.items()
+                     if key in loss.defaults and key not in loss.unused_flags)
+
+
+def _using(key: str) -> str:
+    """The losses that use the flag ``key``, for --help."""
+    return ", ".join(name for name, loss in LOSSES.items() if key not in loss.unused_flags)
 
 
 class ConfigError(ValueError):
@@ -86,26 +88,27 @@ class Config:
     extra_layers: int = _f(0, "extra 3x3 conv blocks in both networks", "model")
 
     # --- training ---
-    loss: str = _f("wgan", "wgan: weight-clipped critic (Arjovsky et al. 2017); wgan-gp: gradient "
-                   "penalty, no clipping (Gulrajani et al. 2017); gan: the DCGAN cross-entropy baseline",
-                   "training", choices=LOSSES)
+    loss: str = _f("wgan", "; ".join(f"{n}: {loss.summary}" for n, loss in LOSSES.items()),
+                   "training", choices=tuple(LOSSES))
     batch_size: int = _f(64, "images per critic or generator step, over all processes (each of N "
                          "processes takes batch/N)", "training")
-    lr: Optional[float] = _f(None, "learning rate (default: 5e-5 RMSprop for wgan, 1e-4 Adam for "
-                             "wgan-gp, 2e-4 Adam for gan)", "training")
+    lr: Optional[float] = _f(None, "learning rate (default: " + _per_loss(
+        "lr", lambda loss, v: f"{v:g} {'RMSprop' if loss.optimizer == 'rmsprop' else 'Adam'}") + ")",
+        "training")
     n_critic: int = _f(5, "critic steps per generator step", "training")
     n_critic_warmup: Optional[int] = _f(None, "critic steps for the first 25 generator iterations and "
-                                        "every 500th (default: 100 for wgan, --n-critic for wgan-gp; equal "
-                                        "to --n-critic disables these phases)", "training")
+                                        "every 500th (default: " + _per_loss("n_critic_warmup", lambda _, v: str(v))
+                                        + ", --n-critic for the others; equal to --n-critic disables "
+                                        "these phases)", "training")
     clip: float = _f(0.01, "critic weights are clipped to [-clip, clip] after each critic step "
-                     "and once before the first, as the paper's code (wgan)", "training")
-    gp_weight: float = _f(10.0, "lambda, the weight of the gradient penalty (wgan-gp)", "training")
+                     "and once before the first, as the paper's code (" + _using("clip") + ")", "training")
+    gp_weight: float = _f(10.0, f"lambda, the weight of the gradient penalty ({_using('gp_weight')})",
+                          "training")
     critic_norm: Optional[str] = _f(None, "the critic's normalisation: batch (BatchNorm), layer (over C, H, "
-                                    "W of each sample), none (default: batch for wgan and gan, none for "
-                                    "wgan-gp, which cannot use batch)", "training",
-                                    choices=("batch", "layer", "none"))
-    adam_beta1: Optional[float] = _f(None, "Adam's beta1 (gan: 0.5, wgan-gp: 0)", "training")
-    adam_beta2: Optional[float] = _f(None, "Adam's beta2 (gan: 0.999, wgan-gp: 0.9)", "training")
+                                    "W of each sample), none (default: " + _per_loss(
+                                        "critic_norm", lambda _, v: v) + ")", "training", choices=NORMS)
+    adam_beta1: Optional[float] = _f(None, "Adam's beta1 (" + _per_loss("adam_beta1") + ")", "training")
+    adam_beta2: Optional[float] = _f(None, "Adam's beta2 (" + _per_loss("adam_beta2") + ")", "training")
     amp: bool = _f(False, "bf16 autocast where the device supports it (fp32 master weights)", "training")
     backend: str = _f("auto", "fast: fused Triton kernels and CUDA graphs; reference: plain PyTorch; "
                       "auto: fast on CUDA, reference elsewhere", "training",
@@ -124,13 +127,19 @@ class Config:
     eval_n: int = _f(2048, "generated and real images per evaluation", "eval")
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def loss_entry(self) -> Loss:
+        """Everything about ``--loss`` (fastwgan.losses)."""
+        return LOSSES[self.loss]
+
     def _loss_default(self, name: str):
         value = getattr(self, name)
         if value is not None:
             return value
-        if name == "n_critic_warmup" and name not in LOSS_DEFAULTS[self.loss]:
-            return self.n_critic  # wgan-gp: no warm-up phases
-        return LOSS_DEFAULTS[self.loss].get(name)
+        defaults = self.loss_entry.defaults
+        if name == "n_critic_warmup" and name not in defaults:
+            return self.n_critic  # no warm-up phases
+        return defaults.get(name)
 
     @property
     def learning_rate(self) -> float:
@@ -138,7 +147,7 @@ class Config:
 
     @property
     def adam_betas(self) -> tuple[float, float]:
-        """Adam's (beta1, beta2) for the losses trained with Adam (gan, wgan-gp)."""
+        """Adam's (beta1, beta2) for the losses trained with Adam."""
         return (self._loss_default("adam_beta1"), self._loss_default("adam_beta2"))
 
     @property
@@ -152,36 +161,35 @@ class Config:
 
     def resolved(self) -> "Config":
         """This config with every default that depends on ``--loss`` filled in (config.json shows
-        the values a run used; Adam's betas stay empty for wgan, which does not use Adam)."""
+        the values a run used; Adam's betas stay empty for a loss that does not use Adam)."""
         filled = {name: self._loss_default(name) for name in LOSS_DEFAULTED}
         return dataclasses.replace(self, **{k: v for k, v in filled.items() if v is not None})
 
     def describe_loss(self) -> str:
         """The loss and every setting it trains with, for train.log."""
-        detail = {"wgan": f"clip {self.clip:g}", "gan": "cross-entropy",
-                  "wgan-gp": f"gradient penalty weight {self.gp_weight:g}"}[self.loss]
-        if self.loss == "wgan":
+        loss = self.loss_entry
+        if loss.optimizer == "rmsprop":
             optimizer = f"RMSprop lr {self.learning_rate:g}"
         else:
             optimizer = "Adam lr {:g} betas ({:g}, {:g})".format(self.learning_rate, *self.adam_betas)
-        if self.loss == "gan":
-            steps = "1 critic step"
+        if loss.critic_steps is not None:
+            steps = f"{loss.critic_steps} critic step{'s' if loss.critic_steps > 1 else ''}"
         elif self.warmup_phases:
             steps = f"{self.n_critic} critic steps ({self.critic_warmup} in warm-up phases)"
         else:
             steps = f"{self.n_critic} critic steps, no warm-up phases"
-        return (f"loss: {self.loss} ({detail}, critic norm {self.critic_normalization}), {optimizer}, "
-                f"{steps}, z ~ N(0, 1) of size {self.nz}")
+        return (f"loss: {self.loss} ({loss.detail(self)}, critic norm {self.critic_normalization}), "
+                f"{optimizer}, {steps}, z ~ N(0, 1) of size {self.nz}")
 
     @property
     def steady_n_critic(self) -> int:
         """Critic steps of an ordinary iteration, outside the warm-up phases."""
-        return 1 if self.loss == "gan" else self.n_critic
+        return self.loss_entry.critic_steps or self.n_critic
 
     @property
     def warmup_phases(self) -> bool:
         """Whether some iterations take another number of critic steps (``--n-critic-warmup``)."""
-        return self.loss != "gan" and self.critic_warmup != self.n_critic
+        return self.loss_entry.critic_steps is None and self.critic_warmup != self.n_critic
 
     def n_critic_at(self, gen_iter: int) -> int:
         """Critic steps before generator iteration ``gen_iter`` (0-based), as the paper's code."""
@@ -211,9 +219,9 @@ class Config:
         need(self.clip > 0 and math.isfinite(self.clip), f"--clip must be positive and finite (got {self.clip})")
         need(self.gp_weight > 0 and math.isfinite(self.gp_weight),
              f"--gp-weight must be positive and finite (got {self.gp_weight})")
-        need(not (self.loss == "wgan-gp" and self.critic_norm == "batch"),
-             "--critic-norm batch cannot train --loss wgan-gp: the penalty is per sample and BatchNorm "
-             "mixes the samples of a batch; use --critic-norm none or layer")
+        loss = self.loss_entry
+        need(self.critic_norm is None or self.critic_norm in loss.critic_norms,
+             f"--critic-norm {self.critic_norm} cannot train --loss {self.loss}: {loss.norm_refusal}")
         for name in ("adam_beta1", "adam_beta2"):
             v = getattr(self, name)
             need(v is None or 0 <= v < 1, f"--{name.replace('_', '-')} must be in [0, 1) (got {v})")

@@ -8,9 +8,12 @@ from typing import Callable, Optional
 
 import torch
 
+from fastwgan.config import ConfigError
 
-class DeviceError(ValueError):
-    """A device that was asked for and is not here; the command lines print it as one line."""
+
+class DeviceError(ConfigError):
+    """A device that was asked for and is not here; the command lines print it as one line (a
+    ConfigError: exit status 2)."""
 
 
 def resolve_device(name: str) -> torch.device:

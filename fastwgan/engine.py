@@ -2,7 +2,7 @@
 
 An engine owns the networks' optimizers and the device buffer the losses accumulate in
 (``sums``: loss_d, d_real, d_fake summed over critic steps, loss_g summed over generator
-steps, then the loss's own critic values: gp and grad_norm for wgan-gp), and runs
+steps, then the loss's own critic values: ``extra`` of its entry in fastwgan.losses), and runs
 ``iteration(n_critic)``. The trainer around it (logging, samples, checkpoints)
 is the same for every engine; the fast engine (fastwgan.fast) replays the same phases from CUDA
 graphs.
@@ -22,7 +22,8 @@ from torch import nn
 
 from fastwgan.config import Config
 from fastwgan.distributed import SINGLE, World, broadcast_, split_batch
-from fastwgan.steps import OBJECTIVES, StepConfig, clip_weights_, make_optimizers
+from fastwgan.losses import LOSSES
+from fastwgan.steps import StepConfig, clip_weights_, make_optimizers
 
 
 class Engine:
@@ -41,8 +42,8 @@ class Engine:
         self.world = world
         self.batch_size, self.nz = split_batch(cfg.batch_size, world.world_size), cfg.nz  # per rank
         self.step_cfg, self.opt_g, self.opt_d = step_cfg, opt_g, opt_d
-        self.objective = OBJECTIVES[step_cfg.loss]
-        self.sums = torch.zeros(len(self.objective.sums), device=device)
+        self.loss = LOSSES[cfg.loss]
+        self.sums = torch.zeros(len(self.loss.sums), device=device)
         # the modules each phase calls: the plain ones here; the reference engine puts the
         # network being trained in DistributedDataParallel
         self.critic_nets: tuple[nn.Module, nn.Module] = (G, D)
@@ -58,14 +59,14 @@ class Engine:
     def critic(self) -> None:
         real = self._real()  # before z: a device sampler draws from the same RNG
         z = self.noise()
-        c = self.objective.critic_step(*self.critic_nets, self.opt_d, real, z, self.step_cfg)
+        c = self.loss.critic_step(*self.critic_nets, self.opt_d, real, z, self.step_cfg)
         self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
-        if self.objective.extra:
-            self.sums[4:] += torch.stack([c[k] for k in self.objective.extra])
+        if self.loss.extra:
+            self.sums[4:] += torch.stack([c[k] for k in self.loss.extra])
 
     def generator(self) -> None:
         z = self.noise()
-        g = self.objective.generator_step(*self.generator_nets, self.opt_g, z, self.step_cfg)
+        g = self.loss.generator_step(*self.generator_nets, self.opt_g, z, self.step_cfg)
         self.sums[3] += g["loss_g"]
 
     def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
@@ -86,7 +87,7 @@ class Engine:
         critic, where the paper's code lets it see one unclipped step). A resumed critic is
         already inside the box: a no-op.
         """
-        if cfg.loss == "wgan":
+        if self.loss.clips:
             clip_weights_(self.D.parameters(), cfg.clip)
 
     @property
@@ -138,9 +139,9 @@ class ReferenceEngine(Engine):
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, batches: Iterator[torch.Tensor],
                  device: torch.device, amp_dtype: Optional[torch.dtype], world: World = SINGLE,
                  sync_bn: bool = False):
-        opt_g, opt_d = make_optimizers(G, D, cfg.loss, cfg.learning_rate, cfg.adam_betas)
-        step_cfg = StepConfig(cfg.loss, cfg.clip if cfg.loss == "wgan" else None, amp_dtype,
-                              gp_weight=cfg.gp_weight)
+        loss = LOSSES[cfg.loss]
+        opt_g, opt_d = make_optimizers(G, D, loss.optimizer, cfg.learning_rate, cfg.adam_betas)
+        step_cfg = StepConfig(cfg.clip if loss.clips else None, amp_dtype, gp_weight=cfg.gp_weight)
         super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d, world)
         self.clip_critic_at_build(cfg)
         self.sync_bn = sync_bn and world.distributed

@@ -3,18 +3,20 @@
 The phases are the reference's (fastwgan.steps); what changes is where they run:
 
 * the blocks use the fused BatchNorm + activation kernel (``impl="triton"``) in channels_last;
-* the critic's optimizer is ``RMSpropClip`` with the clipping inside its update, the generator's
-  the same without clipping (``--loss gan`` and ``wgan-gp``: torch's fused, capturable Adam);
-* ``--loss wgan-gp``: the penalty's double backward (eps drawn on the device) is captured with
-  the step. The critic has no BatchNorm then, so no fused bn_act under it (bn_act's backward is
-  once_differentiable); a critic block that had one would stay on its plain-PyTorch form;
+* a loss trained with RMSprop (wgan) gets ``RMSpropClip``, the critic's with the clipping inside
+  its update, the generator's without; a loss trained with Adam (gan, wgan-gp, hinge) torch's
+  fused, capturable Adam (the loss's entry, fastwgan.losses, says which);
+* a loss whose critic step differentiates through D's input gradient (wgan-gp's penalty, eps
+  drawn on the device) is captured with its double backward. Its critic has no BatchNorm, so no
+  fused bn_act under it (bn_act's backward is once_differentiable); a critic block that had one
+  would stay on its plain-PyTorch form;
 * real batches come from a ``ResidentSampler`` (the decoded dataset on the device, indices drawn
   on the device) and z is drawn on the device: no host work per step;
 * on CUDA, after one eager iteration on a side stream (which compiles every Triton kernel and
   picks the cuDNN algorithms), up to three graphs are captured: a whole iteration (n_critic
   critic steps and the generator step), one critic step and one generator step. An ordinary
   iteration is one replay; the warm-up phases (``--n-critic-warmup``) replay the critic graph and
-  then the generator graph, without recapture (``--loss gan`` has no phases and captures only the
+  then the generator graph, without recapture (a loss without phases captures only the
   iteration; a host-fed stream replays the step graphs, its batch copied in before each);
 * losses accumulate in a device buffer read at log intervals only.
 
@@ -24,7 +26,7 @@ the tests exercise. ``--no-graphs`` runs it eagerly on CUDA too.
 Several processes (no DDP wrapper): rank 0's weights and buffers are broadcast when the engine is
 built; each optimizer averages its gradients over the ranks with one all-reduce just before its
 update: RMSpropClip on its flat gradient buffer (``grad_reduce``), so a critic step is one
-collective; torch's Adam (``--loss gan``) on a flat copy of the gradients, from a step pre-hook
+collective; torch's Adam on a flat copy of the gradients, from a step pre-hook
 (also one collective, plus a copy in and out). The collectives are plain calls on device tensors:
 on CUDA they are captured in the graphs with the steps (NCCL supports capture), and since every
 rank runs the same warm-up and captures at the same iteration, the ranks stay in step. sync-bn:
@@ -44,7 +46,8 @@ from fastwgan.distributed import (SINGLE, World, all_reduce_grads_mean_, all_red
                                   broadcast_module_)
 from fastwgan.engine import Engine
 from fastwgan.models import set_impl, set_sync_bn
-from fastwgan.steps import OBJECTIVES, StepConfig
+from fastwgan.losses import LOSSES
+from fastwgan.steps import StepConfig
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -58,13 +61,14 @@ def make_fast_optimizers(cfg: Config, G: nn.Module, D: nn.Module, impl: str,
                          world: World = SINGLE):
     """The fast optimizers; with several ranks each averages its gradients in one all-reduce."""
     reduce = (lambda flat: all_reduce_mean_(flat, world)) if world.distributed else None
-    if cfg.loss == "wgan":
+    loss = LOSSES[cfg.loss]
+    if loss.optimizer == "rmsprop":
         from fastwgan.optim import RMSpropClip
 
         return (RMSpropClip(G.parameters(), lr=cfg.learning_rate, clip=None, impl=impl,
                             grad_reduce=reduce),
-                RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip, impl=impl,
-                            grad_reduce=reduce))
+                RMSpropClip(D.parameters(), lr=cfg.learning_rate, clip=cfg.clip if loss.clips else None,
+                            impl=impl, grad_reduce=reduce))
     cuda = next(G.parameters()).is_cuda
     kw = dict(lr=cfg.learning_rate, betas=cfg.adam_betas, fused=cuda, capturable=cuda)
     opts = torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
@@ -81,7 +85,7 @@ def keep_twice_differentiable(D: nn.Module, loss: str) -> list[int]:
     with BatchNorm go back to their plain-PyTorch form: the fused bn_act's backward is
     once_differentiable. Returns their indices (none for the critics wgan-gp builds: no BatchNorm).
     """
-    if not OBJECTIVES[loss].double_backward:
+    if not LOSSES[loss].double_backward:
         return []
     plain = [i for i, b in enumerate(D.blocks) if b.bn is not None]
     for i in plain:
@@ -171,7 +175,7 @@ class FastEngine(Engine):
             torch.backends.cudnn.benchmark = True
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        step_cfg = StepConfig(cfg.loss, None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
+        step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"
@@ -195,7 +199,7 @@ class FastEngine(Engine):
     def _capture(self) -> None:
         parts = {}
         # the step graphs: for a host stream (a batch copied in before each critic step), and for
-        # the warm-up phases of another number of critic steps (none with --loss gan)
+        # the warm-up phases of another number of critic steps (none for a loss without phases)
         if not self.device_sampler or self.cfg.warmup_phases:
             parts.update(critic=self.critic, generator=self.generator)
         if self.device_sampler:  # an ordinary iteration, as one graph
@@ -252,8 +256,8 @@ class FastEngine(Engine):
         self.graphs["generator"].replay()
 
     def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
-        """The flat parameter buffers (wgan): one tensor per network to checksum."""
-        if self.cfg.loss != "wgan":
+        """The flat parameter buffers (RMSpropClip): one tensor per network to checksum."""
+        if self.loss.optimizer != "rmsprop":
             return super().parameter_sets()
         return {"generator": [self.opt_g.buffers().param], "critic": [self.opt_d.buffers().param]}
 
@@ -271,7 +275,7 @@ class FastEngine(Engine):
         return f"fast ({kernels}, {mode}{self._describe_penalty()})"
 
     def _describe_penalty(self) -> str:
-        if not self.objective.double_backward:
+        if not self.loss.double_backward:
             return ""
         if self.plain_critic_blocks:
             names = ", ".join(f"blocks.{i}" for i in self.plain_critic_blocks)

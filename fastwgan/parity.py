@@ -6,13 +6,25 @@ the self-check (``fastwgan.check``) that runs them on a user's machine.
   ``max|fast - ref_fp32| <= 2 * max|ref_lowp - ref_fp32| + atol``).
 * ``FixedBatches`` / ``engine_pair`` / ``fixed_batches`` / ``assert_same_state``: the fast engine
   against the reference engine on the same batches, z and initial weights.
+* ``rmsprop_case`` / ``bn_case``: one launch of each fused kernel against its twin, raising
+  AssertionError when they disagree; ``start_of_run_problem``: the short form of these that the
+  trainer runs before a fast run on CUDA (``fastwgan.build``), one line when a kernel fails.
 """
 from __future__ import annotations
 
 import copy
+import importlib
 from typing import Optional
 
 import torch
+
+from fastwgan.build import build_networks
+from fastwgan.device import device_label
+
+# the interpreter runs about 1.4 ms per program instance: these shapes keep it to seconds
+CPU_BN_SHAPE = (2, 16, 4, 4)
+CPU_RMSPROP_SIZES = {"critic": 3000, "generator": 1025}
+GUARD_RMSPROP_SIZE = 1 << 16  # the start-of-run check: one launch of 64 programs
 
 
 # --- BatchNorm + activation ----------------------------------------------------------------------
@@ -101,12 +113,9 @@ class FixedBatches:
 
 
 def engine_pair(cfg, device="cpu", seed=0):
-    """((G, D), (G2, D2)): two copies of the same freshly initialised networks."""
-    from fastwgan.models import Critic, Generator
-
+    """((G, D), (G2, D2)): two copies of the same freshly initialised networks of ``cfg``."""
     torch.manual_seed(seed)
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf).to(device)
-    D = Critic(cfg.image_size, cfg.ndf, norm=cfg.critic_normalization).to(device)
+    G, D = build_networks(cfg, device)
     return (G, D), (copy.deepcopy(G), copy.deepcopy(D))
 
 
@@ -127,13 +136,15 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, **tol):
             assert torch.equal(sb[k], v), k
 
 
-def bn_launches(image_size=64, nz=100, ngf=64, ndf=64, batch_size=64, extra_layers=0):
-    """The BatchNorm + activation calls a training run makes: ((N, C, H, W), act, training) for
-    every block of the generator and the critic (training mode), and the generator's blocks in
-    eval mode (the sample grids), without repeats. Read off the networks, run on the meta device
-    (no memory, no arithmetic)."""
-    from fastwgan.models import Block, Critic, Generator
+def bn_launches(cfg, batch_size: Optional[int] = None):
+    """The BatchNorm + activation calls a training run of ``cfg`` makes: ((N, C, H, W), act,
+    training) for every block of the generator and the critic (training mode), and the
+    generator's blocks in eval mode (the sample grids), without repeats, at ``batch_size`` (the
+    config's by default). Read off the networks, run on the meta device (no memory, no
+    arithmetic)."""
+    from fastwgan.models import Block
 
+    n = batch_size or cfg.batch_size
     seen: list = []
 
     def record(module, _inputs, output):
@@ -142,13 +153,102 @@ def bn_launches(image_size=64, nz=100, ngf=64, ndf=64, batch_size=64, extra_laye
             seen.append(key)
 
     with torch.device("meta"), torch.no_grad():
-        G = Generator(image_size, nz, ngf, extra_layers=extra_layers)
-        D = Critic(image_size, ndf, extra_layers=extra_layers)
+        G, D = build_networks(cfg)
         hooks = [m.register_forward_hook(record) for net in (G, D) for m in net.modules()
                  if isinstance(m, Block) and m.bn is not None]
-        G(torch.empty(batch_size, nz))
-        D(torch.empty(batch_size, 3, image_size, image_size))
-        G.eval()(torch.empty(batch_size, nz))
+        G(torch.empty(n, cfg.nz))
+        D(torch.empty(n, 3, cfg.image_size, cfg.image_size))
+        G.eval()(torch.empty(n, cfg.nz))
     for h in hooks:
         h.remove()
     return seen
+
+
+# --- one launch of each kernel against its twin --------------------------------------------------
+
+def one_line(e: BaseException) -> str:
+    """An assertion's whole message on one line (assert_close puts the numbers on later lines);
+    any other error's type and first line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if isinstance(e, AssertionError):
+        return " ".join(lines) or "assertion failed"
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def rmsprop_case(n: int, clip: Optional[float], device: torch.device, seed: int = 0) -> None:
+    """One RMSprop (+ clip) launch over ``n`` parameters against the twin, fp32: the kernel does
+    the twin's operations in its order, so they agree to an ulp or two (tests/test_optim.py)."""
+    rc_mod = importlib.import_module("fastwgan.kernels.rmsprop_clip")
+    g = torch.Generator().manual_seed(seed)
+    p = (torch.randn(n, generator=g) * 0.02).to(device)
+    grad = torch.randn(n, generator=g).to(device)
+    v = (torch.rand(n, generator=g) * 1e-2).to(device)
+    lr = torch.tensor(1e-3, device=device)
+    p_k, v_k, s_k = p.clone(), v.clone(), torch.zeros((), device=device)
+    p_r, v_r, s_r = p.clone(), v.clone(), torch.zeros((), device=device)
+    rc_mod.rmsprop_clip(p_k, grad, v_k, lr, 0.99, 1e-8, clip, s_k, impl="triton")
+    rc_mod.rmsprop_clip_ref(p_r, grad, v_r, lr, 0.99, 1e-8, clip, s_r)
+    torch.testing.assert_close(p_k, p_r, rtol=1e-6, atol=1e-6 * 0.02, msg=lambda m: f"param: {m}")
+    torch.testing.assert_close(v_k, v_r, rtol=1e-6, atol=1e-12, msg=lambda m: f"square_avg: {m}")
+    assert s_k.item() == s_r.item() == 1.0, f"step counter {s_k.item()}, twin {s_r.item()}"
+
+
+def bn_case(shape, dtype, layout, act, training, device: torch.device, seed: int = 0) -> None:
+    """One forward and backward of the fused BatchNorm + activation against the twin: fp32 within
+    reduction-order noise, lower precisions within twice torch's own error (``bn_error_bound``)."""
+    bn_mod = importlib.import_module("fastwgan.kernels.bn_act")  # (the package's bn_act is the function)
+
+    x, w, b, rm, rv, dy = bn_inputs(shape, layout, seed=seed, device=device, dtype=dtype)
+    kw = dict(training=training, act=act, negative_slope=0.2)
+    fast = bn_run(bn_mod.bn_act, x, w, b, rm, rv, dy, impl="triton", **kw)
+    ref_low = bn_run(bn_mod.bn_act_ref, x, w, b, rm, rv, dy, **kw)
+    ref_32 = bn_run(bn_mod.bn_act_ref, x.float(), w, b, rm, rv, dy.float(), **kw)
+    assert fast["y"].dtype == dtype and fast["y"].is_contiguous(memory_format=layout), \
+        f"y is {fast['y'].dtype}, not in the input's layout"
+    problem = bn_error_bound(fast, ref_low, ref_32, dtype)
+    assert problem is None, problem
+
+
+def dtype_name(dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+# --- the start-of-run check of the trainer ---------------------------------------------------------
+
+def guard_applies(device: torch.device) -> bool:
+    """The trainer checks the kernels where the fast engine runs them compiled: on CUDA."""
+    return device.type == "cuda"
+
+
+def start_of_run_problem(cfg, device: torch.device, amp_dtype: Optional[torch.dtype]) -> Optional[str]:
+    """The short form of the kernel checks, before a fast run: one RMSprop + clip launch and one
+    BatchNorm + activation forward and backward (the run's first critic block, its precision,
+    channels_last), each against its twin. None when both agree (or the check does not apply
+    here); else one line saying which kernel failed and how. Its random inputs come from a
+    generator of its own: the run's random numbers are untouched."""
+    if not guard_applies(device):
+        return None
+    if device.type == "cuda":
+        launches = [(s, act) for s, act, training in bn_launches(cfg) if training]
+        # the critic's first BatchNorm block; a critic without BatchNorm: the generator's first
+        shape, act = next((launch for launch in launches if launch[1] == "leaky_relu"), launches[0])
+        n = GUARD_RMSPROP_SIZE
+    else:  # (only where a test makes the check apply to a CPU: the interpreter, tiny sizes)
+        shape, act, n = CPU_BN_SHAPE, "leaky_relu", CPU_RMSPROP_SIZES["critic"]
+    dtype = amp_dtype or torch.float32
+    checks = [(f"the fused BatchNorm + activation kernel ({'x'.join(map(str, shape))}, "
+               f"{dtype_name(dtype)})",
+               lambda: bn_case(shape, dtype, torch.channels_last, act, True, device))]
+    loss = cfg.loss_entry
+    if loss.optimizer == "rmsprop":  # the fast engine's RMSpropClip (Adam is torch's own)
+        clip = cfg.clip if loss.clips else None
+        checks.insert(0, ("the fused RMSprop + clip kernel", lambda: rmsprop_case(n, clip, device)))
+    for what, fn in checks:
+        try:
+            fn()
+            if device.type == "cuda":  # the kernel's own errors surface here
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 - any failure of the kernel is the answer
+            return (f"{what} failed its check against the PyTorch twin on {device_label(device)}: "
+                    f"{one_line(e)}")
+    return None

@@ -1,18 +1,15 @@
-"""The two phases of a GAN iteration, each a function of its inputs, and the table of losses.
+"""The two phases of a GAN iteration, each a function of its inputs, whatever the loss.
 
-``critic_step`` and ``generator_step`` take the networks, their optimizers and the batch and
-noise to use, and return detached loss tensors (no host synchronisation). The reference trainer
-calls them in a plain loop; the fast backend reuses them, eagerly or captured in a CUDA graph.
+``critic_step`` and ``generator_step`` take the networks, their optimizer, the batch and noise
+to use, and the loss's objective (a function of the critic's scores: ``fastwgan.losses``), and
+return detached loss tensors (no host synchronisation). The reference engine calls them in a
+plain loop; the fast engine reuses them, eagerly or captured in a CUDA graph. A loss whose
+critic step is not "scores -> objective" (the gradient penalty) writes its own from the same
+pieces (``autocast``, ``StepConfig``).
 
 Sign convention (WGAN): the critic maximises D(real) - D(fake), so it minimises
 ``loss_d = D(fake) - D(real)``; ``wdist = D(real) - D(fake) = -loss_d`` is the Wasserstein
 estimate, the paper's -Loss_D. The generator minimises ``loss_g = -D(G(z))``.
-
-WGAN-GP (Gulrajani et al. 2017) adds ``gp_weight * E[(||grad_x D(x_hat)||_2 - 1)^2]`` to loss_d,
-at x_hat = eps * real + (1 - eps) * fake, eps ~ U(0, 1) per sample, and does not clip.
-
-``OBJECTIVES`` maps each ``--loss`` to its critic step, generator step and the values summed
-on the device: the engines select from it once, when they are built.
 """
 from __future__ import annotations
 
@@ -21,18 +18,22 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+# (out_real, out_fake) -> (loss_d, d_real, d_fake), from the critic's fp32 scores (N,)
+CriticObjective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# D(G(z)) -> loss_g
+GeneratorObjective = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class StepConfig:
     """What a step needs to know besides its tensors."""
 
-    loss: str = "wgan"              # "wgan", "wgan-gp" or "gan" (cross-entropy DCGAN baseline)
-    # critic weights clipped to [-clip, clip] after each step (wgan); None where the optimizer
-    # clips in its own update (fastwgan.optim.RMSpropClip)
-    clip: Optional[float] = 0.01
+    # critic weights clipped to [-clip, clip] after each step (a loss that clips: wgan); None
+    # where the loss does not clip, or where the optimizer clips in its own update
+    # (fastwgan.optim.RMSpropClip)
+    clip: Optional[float] = None
     amp_dtype: Optional[torch.dtype] = None  # autocast dtype (bf16), None for full precision
     # autocast's weight-cast cache must be off while a CUDA graph is captured
     autocast_cache: bool = True
@@ -53,11 +54,12 @@ def clip_weights_(params, clip: float) -> None:
 
 
 def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor,
-                z: torch.Tensor, cfg: StepConfig) -> dict[str, torch.Tensor]:
+                z: torch.Tensor, cfg: StepConfig, objective: CriticObjective) -> dict[str, torch.Tensor]:
     """One critic update on ``real`` (N, 3, H, W) and G(z); returns detached losses.
 
-    Real and fake go through the critic as two batches, as in the paper's code: with BatchNorm in
-    training mode each is normalised by its own statistics.
+    ``objective(out_real, out_fake)`` gives (loss_d, d_real, d_fake) from the critic's fp32
+    scores. Real and fake go through the critic as two batches, as in the paper's code: with
+    BatchNorm in training mode each is normalised by its own statistics.
     """
     with torch.no_grad(), autocast(z, cfg):
         fake = G(z)
@@ -65,23 +67,18 @@ def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: 
     with autocast(real, cfg):
         out_real = D(real).float()
         out_fake = D(fake).float()
-    if cfg.loss == "wgan":
-        d_real, d_fake = out_real.mean(), out_fake.mean()
-        loss_d = d_fake - d_real
-    else:
-        d_real, d_fake = out_real.mean(), out_fake.mean()
-        loss_d = (F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real))
-                  + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake)))
+    loss_d, d_real, d_fake = objective(out_real, out_fake)
     loss_d.backward()
     opt_d.step()
-    if cfg.loss == "wgan" and cfg.clip is not None:
+    if cfg.clip is not None:
         clip_weights_(D.parameters(), cfg.clip)
     return {"loss_d": loss_d.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach()}
 
 
 def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor,
-                   cfg: StepConfig) -> dict[str, torch.Tensor]:
-    """One generator update through the critic; the critic's weights get no gradient."""
+                   cfg: StepConfig, objective: GeneratorObjective) -> dict[str, torch.Tensor]:
+    """One generator update through the critic, minimising ``objective(D(G(z)))``; the critic's
+    weights get no gradient."""
     requires = [p.requires_grad for p in D.parameters()]
     for p in D.parameters():
         p.requires_grad_(False)
@@ -89,10 +86,7 @@ def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: 
     try:
         with autocast(z, cfg):
             out = D(G(z)).float()
-        if cfg.loss == "gan":  # non-saturating generator loss
-            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-        else:  # wgan, wgan-gp
-            loss_g = -out.mean()
+        loss_g = objective(out)
         loss_g.backward()
     finally:
         for p, r in zip(D.parameters(), requires):
@@ -101,85 +95,16 @@ def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: 
     return {"loss_g": loss_g.detach()}
 
 
-def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E[(||grad_x D(x_hat)||_2 - 1)^2] and the mean gradient norm, at x_hat = eps * real +
-    (1 - eps) * fake (``eps`` (N, 1, 1, 1)), differentiable in D's weights (create_graph).
-
-    In fp32 with autocast off whatever the step's precision: a bf16 gradient's norm is too
-    coarse for (norm - 1)^2 (bench/RESULTS.md, "gradient penalty in bf16"). The gradient of the
-    summed scores is each sample's own gradient only because D has no BatchNorm.
-    """
-    def at_least_fp32(t):  # fp32, or float64 where a check asks for it
-        return t.to(torch.promote_types(t.dtype, torch.float32))
-
-    with torch.autocast(real.device.type, enabled=False):
-        x_hat = (eps * at_least_fp32(real) + (1 - eps) * at_least_fp32(fake)).requires_grad_(True)
-        out = D(x_hat)
-        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-        norm = torch.linalg.vector_norm(grad.flatten(1), dim=1)  # (N,)
-        return ((norm - 1) ** 2).mean(), norm.mean()
+OPTIMIZERS = ("rmsprop", "adam")
 
 
-def critic_step_gp(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor,
-                   z: torch.Tensor, cfg: StepConfig, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-    """One WGAN-GP critic update: D(fake) - D(real) + gp_weight * penalty, no clipping.
-
-    ``eps`` (N, 1, 1, 1) defaults to U(0, 1) drawn on ``real``'s device from the default
-    generator, after the engine's real batch and z (a CUDA graph replays the draw).
-    """
-    with torch.no_grad(), autocast(z, cfg):
-        fake = G(z)
-    if eps is None:
-        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    opt_d.zero_grad(set_to_none=True)
-    with autocast(real, cfg):
-        d_real = D(real).float().mean()
-        d_fake = D(fake).float().mean()
-    gp, grad_norm = gradient_penalty(D, real, fake, eps)
-    loss_d = d_fake - d_real + cfg.gp_weight * gp
-    loss_d.backward()
-    opt_d.step()
-    return {"loss_d": loss_d.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
-            "gp": gp.detach(), "grad_norm": grad_norm.detach()}
-
-
-def make_optimizers(G: nn.Module, D: nn.Module, loss: str, lr: float,
+def make_optimizers(G: nn.Module, D: nn.Module, optimizer: str, lr: float,
                     betas: tuple[float, float] = (0.5, 0.999)):
-    """The reference optimizers: RMSprop for WGAN (the paper), Adam with ``betas`` otherwise
-    (the GAN baseline's (0.5, 0.999), the GP paper's (0, 0.9))."""
-    if loss == "wgan":
+    """The reference optimizers, one per network: torch's RMSprop (the WGAN paper) or Adam with
+    ``betas`` (the GAN baseline's (0.5, 0.999), the GP paper's (0, 0.9))."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if optimizer == "rmsprop":
         return torch.optim.RMSprop(G.parameters(), lr=lr), torch.optim.RMSprop(D.parameters(), lr=lr)
     return (torch.optim.Adam(G.parameters(), lr=lr, betas=betas),
             torch.optim.Adam(D.parameters(), lr=lr, betas=betas))
-
-
-# The engine's device buffer: these four, then the objective's ``extra`` critic values.
-SUMS = ("loss_d", "d_real", "d_fake", "loss_g")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What a ``--loss`` trains with; selected once by the engine."""
-
-    critic_step: Callable[..., dict[str, torch.Tensor]]
-    generator_step: Callable[..., dict[str, torch.Tensor]]
-    wasserstein: bool          # d_real - d_fake estimates the Wasserstein distance (``wdist``)
-    extra: tuple[str, ...] = ()  # critic-step values averaged into metrics.jsonl beside SUMS
-    double_backward: bool = False  # the critic step differentiates through D's input gradient
-
-    @property
-    def sums(self) -> tuple[str, ...]:
-        return SUMS + self.extra
-
-    def extra_means(self, sums: list[float], critic_steps: int) -> dict[str, float]:
-        """The ``extra`` values' means over ``critic_steps`` from the buffer read back."""
-        return {k: sums[len(SUMS) + i] / critic_steps for i, k in enumerate(self.extra)}
-
-
-OBJECTIVES = {
-    "wgan": Objective(critic_step, generator_step, wasserstein=True),
-    "wgan-gp": Objective(critic_step_gp, generator_step, wasserstein=True, extra=("gp", "grad_norm"),
-                         double_backward=True),
-    "gan": Objective(critic_step, generator_step, wasserstein=False),
-}

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastwgan.config import Config
 from fastwgan.kernels import bn_act, bn_act_ref
 from fastwgan.models import Critic, Generator
 from fastwgan.parity import bn_error_bound, bn_launches
@@ -313,7 +314,7 @@ def _gpu_cases():
         return [case(s, d, lay.values[0], a, t) for s in GPU_SHAPES for d in GPU_DTYPES
                 for lay in LAYOUTS for a in ACTS for t in (True, False)]
     return [case(s, d, torch.channels_last, a, t) for d in (torch.float32, torch.bfloat16)
-            for s, a, t in bn_launches()]
+            for s, a, t in bn_launches(Config().resolved())]
 
 
 @pytest.mark.gpu

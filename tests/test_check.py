@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fastwgan import check, train
+from fastwgan import build, check, parity, train
 from fastwgan.config import Config
 
 from oddfiles import make_good_folder
@@ -125,27 +125,27 @@ def test_speed_table_rows():
 def guard_on_cpu(monkeypatch):
     """The start-of-run check applies on CUDA only; here it runs on the CPU (the kernels under the
     interpreter, tiny shapes), and --backend auto picks the fast engine as it does on CUDA."""
-    monkeypatch.setattr(check, "guard_applies", lambda device: True)
-    monkeypatch.setattr(train, "resolve_backend",
+    monkeypatch.setattr(parity, "guard_applies", lambda device: True)
+    monkeypatch.setattr(build, "resolve_backend",
                         lambda cfg, device: "fast" if cfg.backend == "auto" else cfg.backend)
 
 
 def test_guard_passes_healthy_kernels(guard_on_cpu):
-    assert check.start_of_run_problem(Config(), CPU, None) is None
+    assert parity.start_of_run_problem(Config(), CPU, None) is None
 
 
 def test_guard_does_not_touch_the_runs_random_numbers(guard_on_cpu):
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    assert check.start_of_run_problem(Config(), CPU, None) is None
+    assert parity.start_of_run_problem(Config(), CPU, None) is None
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_guard_is_off_without_cuda():
     # the real condition: a CPU run builds the fast engine with the twins, nothing to check
-    assert not check.guard_applies(CPU)
-    assert check.start_of_run_problem(Config(), CPU, None) is None
+    assert not parity.guard_applies(CPU)
+    assert parity.start_of_run_problem(Config(), CPU, None) is None
 
 
 def _train(tmp_path, *flags):

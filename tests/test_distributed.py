@@ -103,10 +103,10 @@ class ShardEps(ShardNoise):
         return (swap_halves(eps) if self.swap else eps).chunk(self.world)[self.rank]
 
 
-def with_shard_eps(objective, eps):
-    """``objective`` whose critic step takes its eps from ``eps`` (a ``ShardEps``)."""
-    step = objective.critic_step
-    return dataclasses.replace(objective, critic_step=lambda *a, **k: step(*a, eps=eps(), **k))
+def with_shard_eps(loss, eps):
+    """``loss`` whose critic step takes its eps from ``eps`` (a ``ShardEps``)."""
+    step = loss.critic_step
+    return dataclasses.replace(loss, critic_step=lambda *a, **k: step(*a, eps=eps(), **k))
 
 
 class GhostBatch(nn.Module):
@@ -145,8 +145,8 @@ def build(kind, cfg, rank=0, world_size=1, world=SINGLE, sync_bn=False, ghost=1,
     source = Shard(global_batches(cfg), rank, world_size, swap)
     engine = make_engine(kind, cfg, G, D, source, world, sync_bn)
     engine.noise = ShardNoise(cfg, rank, world_size, swap)
-    if engine.objective.double_backward:  # the penalty's eps, split as z
-        engine.objective = with_shard_eps(engine.objective, ShardEps(cfg, rank, world_size, swap))
+    if engine.loss.double_backward:  # the penalty's eps, split as z
+        engine.loss = with_shard_eps(engine.loss, ShardEps(cfg, rank, world_size, swap))
     return engine
 
 

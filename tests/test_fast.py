@@ -35,7 +35,7 @@ def run_both(cfg, iterations, device="cpu", impl=None, graphs=False, amp=None):
 TINY = dict(image_size=32, nz=8, ngf=8, ndf=8, batch_size=4, n_critic=2, n_critic_warmup=3, lr=1e-3)
 
 
-@pytest.mark.parametrize("loss,extra", [("wgan", {}), ("gan", {}),
+@pytest.mark.parametrize("loss,extra", [("wgan", {}), ("gan", {}), ("hinge", {}),
                                         # not the default weight: the engines must pass it on
                                         ("wgan-gp", dict(gp_weight=5.0)),
                                         ("wgan-gp", dict(gp_weight=5.0, critic_norm="layer"))])
@@ -51,6 +51,10 @@ def test_fast_eager_equals_reference_on_cpu(loss, extra):
         assert max(p.abs().max().item() for p in fast.D.parameters()) <= cfg.clip
     if loss == "wgan-gp":  # penalty and gradient norm summed beside the losses; no clipping
         assert fast.sums.shape == (6,) and (fast.sums[4:] > 0).all()
+        assert max(p.abs().max().item() for p in fast.D.parameters()) > cfg.clip
+        assert isinstance(fast.opt_d, torch.optim.Adam) and fast.opt_d.defaults["betas"] == (0.0, 0.9)
+    if loss == "hinge":  # the four sums of every loss; Adam with the recipe's betas, no clipping
+        assert fast.sums.shape == (4,) and ref.sums[0] > 0
         assert max(p.abs().max().item() for p in fast.D.parameters()) > cfg.clip
         assert isinstance(fast.opt_d, torch.optim.Adam) and fast.opt_d.defaults["betas"] == (0.0, 0.9)
 
@@ -106,7 +110,8 @@ class RecordedGraph:
 
 
 @pytest.mark.parametrize("feed,loss", [("device sampler", "wgan"), ("host stream", "wgan"),
-                                       ("device sampler", "gan"), ("device sampler", "wgan-gp")])
+                                       ("device sampler", "gan"), ("device sampler", "wgan-gp"),
+                                       ("device sampler", "hinge")])
 def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
     """Warm-up, capture, which graph replays when, and the static input buffer of a host-fed
     stream, with recorded graphs on CPU: the result must equal the eager engine's, bit for bit."""
@@ -114,8 +119,8 @@ def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
     from fastwgan.data.dali import ResidentSampler
 
     monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
-    # wgan-gp at its default, no warm-up phases
-    cfg = Config(**{**TINY, "n_critic_warmup": None if loss == "wgan-gp" else TINY["n_critic_warmup"]},
+    # wgan-gp and hinge at their default, no warm-up phases
+    cfg = Config(**{**TINY, "n_critic_warmup": None if loss in ("wgan-gp", "hinge") else TINY["n_critic_warmup"]},
                  loss=loss)
     (G, D), (G2, D2) = pair(cfg)
     if feed == "device sampler":
@@ -135,7 +140,7 @@ def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
         torch.manual_seed(it)
         graph.iteration(cfg.n_critic_at(it))
     expected = {"host stream": {"critic", "generator"}, "device sampler": {"critic", "generator", "iteration"}}
-    # --loss gan and wgan-gp: no phases, only the iteration graph
+    # --loss gan, wgan-gp and hinge: no phases, only the iteration graph
     assert set(graph.graphs) == ({"iteration"} if loss != "wgan" else expected[feed])
     if loss != "wgan":
         assert graph.graphs["iteration"].replays == 4

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastwgan import sample, train
+from fastwgan import device, sample, train
 from fastwgan.config import Config
 from fastwgan.data import dali_missing_note
 
@@ -53,19 +53,19 @@ def test_bad_sample_flag_is_one_line(argv, capsys):
 ])
 def test_cpu_bf16_from_the_flags(tmp_path, text, expected):
     (tmp_path / "cpuinfo").write_text(text)
-    assert train.cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is expected
-    assert train.cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    assert device.cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is expected
+    assert device.cpu_has_native_bf16(str(tmp_path / "missing")) is None
 
 
 def test_amp_on_a_cpu_without_bf16_keeps_fp32(monkeypatch):
     lines = []
     cfg = Config(amp=True)
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train.amp_dtype(cfg, torch.device("cpu"), lines.append) is None
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert device.amp_dtype(cfg, torch.device("cpu"), lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("warning: --amp") and "fp32" in lines[0]
     lines.clear()
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.amp_dtype(cfg, torch.device("cpu"), lines.append) is torch.bfloat16 and not lines
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.amp_dtype(cfg, torch.device("cpu"), lines.append) is torch.bfloat16 and not lines
 
 
 def test_threads_flag_and_log(tmp_path, data):

@@ -10,7 +10,8 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import train
 from fastwgan.config import Config
 from fastwgan.models import Critic, Generator, LayerNorm2d
-from fastwgan.steps import StepConfig, critic_step_gp, gradient_penalty
+from fastwgan.losses.wgan_gp import critic_step_gp, gradient_penalty
+from fastwgan.steps import StepConfig
 
 from oddfiles import make_good_folder
 from tiny import assert_same_training
@@ -85,7 +86,7 @@ def test_critic_step_gp_by_hand():
     D_ref = Critic(16, ndf=4, norm="none")
     D_ref.load_state_dict(D.state_dict())
     opt = torch.optim.SGD(D.parameters(), lr=0.1)
-    out = critic_step_gp(G, D, opt, real, z, StepConfig("wgan-gp", None, gp_weight=7.0), eps=eps)
+    out = critic_step_gp(G, D, opt, real, z, StepConfig(None, gp_weight=7.0), eps=eps)
     with torch.no_grad():
         fake = G(z)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_()
@@ -109,7 +110,7 @@ def test_penalty_step_does_not_sync_with_the_host():
     opt = torch.optim.SGD(D.parameters(), lr=0.1)
     real, z = torch.rand(4, 3, 16, 16), torch.randn(4, 8)
     with HostSyncGuard() as guard:
-        critic_step_gp(G, D, opt, real, z, StepConfig("wgan-gp", None))
+        critic_step_gp(G, D, opt, real, z, StepConfig(None))
     assert guard.ops > 0
 
 

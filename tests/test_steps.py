@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 from fastwgan.config import Config
 from fastwgan.models import Critic, Generator
-from fastwgan.steps import StepConfig, critic_step, generator_step, make_optimizers
+from fastwgan.losses import LOSSES
+from fastwgan.steps import StepConfig, make_optimizers
+
+WGAN, GAN = LOSSES["wgan"], LOSSES["gan"]
 
 LR, ALPHA, EPS = 1e-3, 0.99, 1e-8
 # fp32, same operations in the same order as the step itself: agreement to rounding.
@@ -34,7 +37,7 @@ def test_critic_step_wgan(clip):
     opt_d = torch.optim.RMSprop(D.parameters(), lr=LR, alpha=ALPHA, eps=EPS)
     g_before = copy.deepcopy(G.state_dict())
 
-    out = critic_step(G, D, opt_d, real, z, StepConfig("wgan", clip))
+    out = WGAN.critic_step(G, D, opt_d, real, z, StepConfig(clip))
 
     # expected: loss_D = mean D(G(z)) - mean D(real), the gradient of it, one RMSprop step, clip
     with torch.no_grad():
@@ -61,7 +64,7 @@ def test_generator_step_wgan():
     d_params = copy.deepcopy(list(D.parameters()))
     opt_g = torch.optim.RMSprop(G.parameters(), lr=LR, alpha=ALPHA, eps=EPS)
 
-    out = generator_step(G, D, opt_g, z, StepConfig("wgan", 0.01))
+    out = WGAN.generator_step(G, D, opt_g, z, StepConfig(0.01))
 
     loss = -D_ref(G_ref(z)).mean()
     grads = torch.autograd.grad(loss, list(G_ref.parameters()))
@@ -76,9 +79,9 @@ def test_gan_losses():
     G, D = nets(2)
     real, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 8)
     G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
-    opt_g, opt_d = make_optimizers(G, D, "gan", 2e-4)
+    opt_g, opt_d = make_optimizers(G, D, "adam", 2e-4)
     assert isinstance(opt_d, torch.optim.Adam) and opt_d.defaults["betas"] == (0.5, 0.999)
-    out = critic_step(G, D, opt_d, real, z, StepConfig("gan", None))
+    out = GAN.critic_step(G, D, opt_d, real, z, StepConfig(None))
     with torch.no_grad():
         fake = G_ref(z)
         # BCE with logits: -log sigmoid(x) for real, -log(1 - sigmoid(x)) for fake
@@ -86,7 +89,7 @@ def test_gan_losses():
     torch.testing.assert_close(out["loss_d"], expected, **TOL)
     # no clipping in the GAN baseline: BatchNorm weights stay near 1
     assert max(p.abs().max().item() for p in D.parameters()) > 0.5
-    out = generator_step(G, D, opt_g, z, StepConfig("gan", None))
+    out = GAN.generator_step(G, D, opt_g, z, StepConfig(None))
     with torch.no_grad():
         D_ref.load_state_dict(D.state_dict())
         torch.testing.assert_close(out["loss_g"], F.softplus(-D_ref(G_ref(z))).mean(), **TOL)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastwgan import build
+from fastwgan import run as run_module
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import sample, train
 
@@ -109,9 +111,9 @@ def test_odd_folder_trains(tmp_path, capsys):
 def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys):
     import dataclasses
 
-    from fastwgan import steps
+    from fastwgan.losses import LOSSES
 
-    real_step = steps.generator_step
+    real_step = LOSSES["wgan"].generator_step
     calls = []
 
     def poisoned(G, D, opt, z, cfg):
@@ -123,8 +125,7 @@ def test_nan_stops_and_keeps_last_checkpoint(tmp_path, data, monkeypatch, capsys
             out["loss_g"] = out["loss_g"] * float("nan")
         return out
 
-    monkeypatch.setitem(steps.OBJECTIVES, "wgan",
-                        dataclasses.replace(steps.OBJECTIVES["wgan"], generator_step=poisoned))
+    monkeypatch.setitem(LOSSES, "wgan", dataclasses.replace(LOSSES["wgan"], generator_step=poisoned))
     out = tmp_path / "r"
     assert run("--data", data, "--out", out, "--iters", 6, "--ckpt-every", 2) == 1
     err = capsys.readouterr().err
@@ -216,7 +217,7 @@ def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, data, monkeypatch
     def broken(*a, **k):
         raise train.Stop("the engine could not start", 1)
 
-    monkeypatch.setattr(train, "make_engine", broken)
+    monkeypatch.setattr(build, "build_engine", broken)
     assert run("--data", data, "--out", out, "--iters", 2, "--overwrite") == 1
     assert ckpt_io.load(out / ".replaced")["iteration"] == 2
     assert (out / ".replaced" / "samples" / "iter_000002.png").exists()
@@ -224,7 +225,7 @@ def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, data, monkeypatch
 
 
 def test_second_signal_stops_at_once(tmp_path, data, monkeypatch, capsys):
-    real_make_engine = train.make_engine
+    real_make_engine = build.build_engine
 
     def twice_interrupted(*a, **k):
         engine = real_make_engine(*a, **k)
@@ -238,7 +239,7 @@ def test_second_signal_stops_at_once(tmp_path, data, monkeypatch, capsys):
         engine.iteration = interrupted
         return engine
 
-    monkeypatch.setattr(train, "make_engine", twice_interrupted)
+    monkeypatch.setattr(build, "build_engine", twice_interrupted)
     out = tmp_path / "r"
     assert run("--data", data, "--out", out, "--iters", 5, "--ckpt-every", 100) == 128 + signal.SIGTERM
     assert "interrupted" in capsys.readouterr().err
@@ -252,7 +253,7 @@ def test_interrupted_run_logs_the_same_rows(tmp_path, data, monkeypatch):
     common = ["--data", data, "--log-every", 4, "--ckpt-every", 100, "--sample-every", 100]
     assert run(*common, "--out", tmp_path / "once", "--iters", 8) == 0
 
-    real_make_engine = train.make_engine
+    real_make_engine = build.build_engine
 
     def interrupted_at_3(*a, **k):
         engine = real_make_engine(*a, **k)
@@ -267,9 +268,9 @@ def test_interrupted_run_logs_the_same_rows(tmp_path, data, monkeypatch):
         engine.iteration = counted
         return engine
 
-    monkeypatch.setattr(train, "make_engine", interrupted_at_3)
+    monkeypatch.setattr(build, "build_engine", interrupted_at_3)
     assert run(*common, "--out", tmp_path / "twice", "--iters", 8) == 128 + signal.SIGINT
-    monkeypatch.setattr(train, "make_engine", real_make_engine)
+    monkeypatch.setattr(build, "build_engine", real_make_engine)
     assert ckpt_io.load(tmp_path / "twice")["iteration"] == 3
     assert train.main(["--resume", str(tmp_path / "twice"), "--no-progress"]) == 0
     rows = [[json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
@@ -287,7 +288,7 @@ def test_ctrl_c_before_training_is_one_line(tmp_path, data, monkeypatch, capsys)
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "open_dataset", interrupted)
+    monkeypatch.setattr(run_module, "open_dataset", interrupted)
     assert run("--data", data, "--out", tmp_path / "r") == 128 + signal.SIGINT
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err

@@ -150,16 +150,16 @@ import json, os, sys
 import torch
 from fastwgan import distributed
 from fastwgan.config import Config
-from fastwgan.steps import OBJECTIVES
+from fastwgan.losses import LOSSES
 from fastwgan.runfiles import NoRunFolder, RunLog
-from fastwgan.train import StartPoint, TrainingLoop
+from fastwgan.loop import StartPoint, TrainingLoop
 
 world = distributed.init_from_env("cpu")
 cfg = Config(out=sys.argv[1], iters=10)
 
 
 class Engine:  # what a log point reads of an engine: this rank's loss sums
-    objective = OBJECTIVES["wgan"]
+    loss = LOSSES["wgan"]
     G = D = None
     sums = torch.tensor([1.0, 3.0, 5.0, 7.0]) * (world.rank + 1)  # rank 1's are twice rank 0's
 

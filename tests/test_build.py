@@ -1,0 +1,100 @@
+"""One builder: what the trainer trains is what the self-check checks and the benchmarks time.
+
+For every loss and preset, the networks built from the self-check's and the benchmarks' configs
+have the trainer's module tree and parameter shapes; and no module outside ``fastwgan/models.py``
+and ``fastwgan/build.py`` constructs a network itself (an AST scan of the package and bench/)."""
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastwgan import check
+from fastwgan.build import build_engine, build_networks
+from fastwgan.config import PRESETS
+from fastwgan.losses import LOSSES
+from fastwgan.runconfig import preset_config
+from fastwgan.train import parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [(loss, preset) for loss in LOSSES for preset in (None, *PRESETS)]
+
+
+def trainer_config(loss, preset):
+    flags = ["--loss", loss, "--out", "unused"] + (["--preset", preset] if preset else [])
+    return parse_config(flags)[0]
+
+
+def shape(cfg):
+    """The module tree (printed, with each block's kind) and every parameter's name and shape."""
+    with torch.device("meta"):
+        G, D = build_networks(cfg)
+    return [(repr(net), [(n, tuple(p.shape)) for n, p in net.named_parameters()]) for net in (G, D)]
+
+
+@pytest.mark.parametrize("loss, preset", CASES)
+def test_the_self_checks_networks_are_the_trainers(loss, preset):
+    cfg = trainer_config(loss, preset)
+    assert check.trainer_config(torch.device("cuda"), preset, loss) == cfg
+    for cuda in (True, False):
+        checked = check.check_config(cfg, cuda)
+        assert shape(checked) == shape(cfg)
+        assert (checked.loss, checked.amp, checked.critic_normalization) == (cfg.loss, cfg.amp,
+                                                                            cfg.critic_normalization)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_benchmarks_networks_are_the_trainers(loss, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("test_bench_train", None)
+    import test_bench_train as bench_train
+
+    for device, preset in ((torch.device("cuda"), None), (torch.device("cpu"), "cpu")):
+        cfg = bench_train.bench_config(device, loss)
+        assert cfg == trainer_config(loss, preset) and shape(cfg) == shape(trainer_config(loss, preset))
+
+
+def test_the_default_self_check_is_what_each_device_trains():
+    assert check.trainer_config(torch.device("cpu")) == trainer_config("wgan", "cpu")
+    assert check.trainer_config(torch.device("cuda")) == trainer_config("wgan", None)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_engine_checks_run_the_trainers_networks(loss):
+    """The self-check's fast-vs-reference comparison at the smoke preset's networks, each loss."""
+    cfg = trainer_config(loss, "smoke")
+    detail = check.check_fast_vs_reference(torch.device("cpu"), cfg)
+    assert detail.endswith("fast (plain-PyTorch twins, eager)" + (
+        "; gradient penalty: critic without bn_act, double backward through torch ops"
+        if LOSSES[loss].double_backward else ""))
+
+
+def test_build_engine_picks_the_backend():
+    cfg = preset_config("smoke")
+    G, D = build_networks(cfg)
+    source = iter(())
+    assert build_engine(cfg, G, D, source, torch.device("cpu"), None).name == "reference"
+    assert build_engine(cfg, *build_networks(cfg), source, torch.device("cpu"), None,
+                        backend="fast").name == "fast"
+    with pytest.raises(ValueError, match="backend must be"):
+        build_engine(cfg, G, D, source, torch.device("cpu"), None, backend="quick")
+
+
+def network_constructions(path: Path) -> list[str]:
+    """Calls of ``Generator(...)``, ``Critic(...)`` (not ``torch.Generator``) in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else None
+            if name in ("Generator", "Critic"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_networks_are_built_in_one_place():
+    files = [*sorted((ROOT / "fastwgan").rglob("*.py")), *sorted((ROOT / "bench").glob("*.py"))]
+    builders = {ROOT / "fastwgan" / "models.py", ROOT / "fastwgan" / "build.py"}
+    found = [hit for f in files if f not in builders for hit in network_constructions(f)]
+    assert not found, f"networks built outside fastwgan.build: {found}"
