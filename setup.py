@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ ships as the subpackage fastwgan.kernels: a top-level module named `kernels`
     # would clash with an existing package of that name.
-    packages=["fastwgan", "fastwgan.data", "fastwgan.kernels"],
+    packages=["fastwgan", "fastwgan.data", "fastwgan.losses", "fastwgan.kernels"],
     package_dir={"fastwgan": "fastwgan", "fastwgan.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
