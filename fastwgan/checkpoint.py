@@ -17,9 +17,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from fastwgan.atomic import atomic_write
 from fastwgan.config import Config
 from fastwgan.models import Critic, Generator
-from fastwgan.runfolder import atomic_write
 from fastwgan.steps import OBJECTIVES
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -37,7 +37,7 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``obj`` written to ``path`` whole or not at all (fastwgan.runfolder.atomic_write).
+    """``obj`` written to ``path`` whole or not at all (fastwgan.atomic.atomic_write).
 
     Serialised in memory first: a full disk then fails in a plain write, an OSError naming the
     file, where torch.save into the file would raise a RuntimeError of its own."""

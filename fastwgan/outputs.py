@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastwgan.runfolder import atomic_write
+from fastwgan.atomic import atomic_write
 
 
 @contextlib.contextmanager

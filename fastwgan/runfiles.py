@@ -3,7 +3,7 @@
 * ``RunLog``: every line the trainer prints, kept in ``train.log`` (lines logged before the
   folder exists are written when it is opened).
 * ``RunFolder``: the lock, train.log, config.json, metrics.jsonl, samples, loss.png, the
-  TensorBoard events and the checkpoint, each written whole (fastwgan.runfolder). With several
+  TensorBoard events and the checkpoint, each written whole (fastwgan.atomic). With several
   processes rank 0 holds one; the others hold a ``NoRunFolder``, which takes the same calls and
   writes nothing.
 * ``clear_run``: an earlier run's files moved aside for ``--overwrite`` until the new run's first
@@ -21,11 +21,12 @@ from typing import Optional
 import torch
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import runfolder
+from fastwgan.atomic import remove_orphans, write_text
 from fastwgan.config import Config
 from fastwgan.data import sample_images
 from fastwgan.metrics import swd_for_training
 from fastwgan.outputs import MetricsLog, plot_losses, save_grid
+from fastwgan.runlock import RunLock
 from fastwgan.tensorboard import EventLog
 
 N_SAMPLES = 64  # 8x8 grids
@@ -135,11 +136,11 @@ class RunFolder:
         self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
     def locked(self):
-        """Held while the run lasts: one run at a time in a folder (fastwgan.runfolder.RunLock)."""
-        return runfolder.RunLock(self.out)
+        """Held while the run lasts: one run at a time in a folder (fastwgan.runlock)."""
+        return RunLock(self.out)
 
     def clean(self) -> None:
-        runfolder.remove_orphans(self.out)
+        remove_orphans(self.out)
 
     def open(self, resume: Optional[dict], log: RunLog) -> None:
         """The folder, once the data is known to load. A fresh run (or a run resumed into another
@@ -167,7 +168,7 @@ class RunFolder:
     def start(self, dataset, resume: Optional[dict], log: RunLog) -> None:
         """config.json, the real samples, the evaluation's real images, the metrics so far."""
         cfg, out = self.cfg, self.out
-        runfolder.write_text(out / "config.json", cfg.to_json() + "\n")
+        write_text(out / "config.json", cfg.to_json() + "\n")
         self.events.open(out, resume["iteration"] if resume else None, self.source)
         if not (out / "real_samples.png").exists():
             # (files that do not decode were reported above, or are warned about by the stream)

@@ -29,10 +29,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from fastwgan.atomic import atomic_write, is_write_failure, write_failure
 from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
 from fastwgan.config import ConfigError, OneLineParser
 from fastwgan.outputs import grid_format, make_grid, save_grid
-from fastwgan.runfolder import atomic_write, is_write_failure, write_failure
 
 # The sample noise has a stream of its own (numpy's SeedSequence of (NOISE_STREAM, seed), PCG64),
 # so that no --seed reproduces the training grid, which is drawn with torch's generator from the

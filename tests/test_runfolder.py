@@ -13,7 +13,7 @@ import pytest
 
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import sample, train
-from fastwgan.runfolder import RunFolderError, RunLock
+from fastwgan.runlock import RunFolderError, RunLock
 
 from tiny import TINY, run
 
@@ -48,7 +48,7 @@ def test_lock_names_the_holder_and_dies_with_it(tmp_path):
         pass
     assert not out.exists()  # created by the lock and left empty: removed again
     # a holder killed outright leaves no stale lock
-    code = f"from fastwgan.runfolder import RunLock; RunLock({str(out)!r}).__enter__(); print('held', flush=True); " \
+    code = f"from fastwgan.runlock import RunLock; RunLock({str(out)!r}).__enter__(); print('held', flush=True); " \
            "import time; time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          stdout=subprocess.PIPE, text=True)
