@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import distributed, runfolder
+from fastwgan import atomic, distributed, runlock
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset
 from fastwgan.data.pillow import undecodable_warning
@@ -282,9 +282,9 @@ def _train_logged(cfg: Config, resume: Optional[dict], log, notes: Sequence[str]
             folder.clean()
             return _train(cfg, resume, run_log, notes, world, folder)
     except OSError as e:
-        if not runfolder.is_write_failure(e):
+        if not atomic.is_write_failure(e):
             raise
-        message = (f"{runfolder.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
+        message = (f"{atomic.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
                    "(if any) is kept")
         try:
             run_log.write(f"stopped: {message}")
@@ -619,7 +619,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             return 0
         args = list(sys.argv[1:] if argv is None else argv)
         train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
-    except (ConfigError, DataError, ckpt_io.CheckpointError, runfolder.RunFolderError) as e:
+    except (ConfigError, DataError, ckpt_io.CheckpointError, runlock.RunFolderError) as e:
         report(f"error: {e}", shared=True)
         return 2
     except Stop as e:
