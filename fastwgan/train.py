@@ -45,7 +45,7 @@ from fastwgan.distributed import SINGLE, World
 from fastwgan.engine import ReferenceEngine
 from fastwgan.models import Critic, Generator
 from fastwgan.outputs import one_line_warnings
-from fastwgan.runfiles import NoRunFolder, RunFolder, RunLog, holds_run
+from fastwgan.runfolder import NoRunFolder, RunFolder, RunLog, holds_run
 
 DESCRIPTION = """\
 Train the WGAN of Arjovsky et al. (2017) (weight-clipped critic, RMSprop, n_critic critic steps

@@ -151,7 +151,7 @@ import torch
 from fastwgan import distributed
 from fastwgan.config import Config
 from fastwgan.steps import OBJECTIVES
-from fastwgan.runfiles import NoRunFolder, RunLog
+from fastwgan.runfolder import NoRunFolder, RunLog
 from fastwgan.train import StartPoint, TrainingLoop
 
 world = distributed.init_from_env("cpu")
