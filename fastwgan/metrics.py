@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastwgan.pixels import to_uint8
+
 # The reference code's settings (progressive_growing_of_gans metrics/sliced_wasserstein.py, API).
 NHOOD_SIZE = 7          # neighbourhood side, pixels
 NHOODS_PER_IMAGE = 128  # neighbourhoods drawn per image and level
@@ -44,16 +46,9 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 # --------------------------------------------------------------------------------------------
 # Pixels
 # --------------------------------------------------------------------------------------------
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8, rounding to the nearest level (as StyleGAN's metrics do).
-
-    ``floor(x * 127.5 + 128)`` inverts the training loader's ``u / 127.5 - 1`` exactly.
-    """
-    return (images.float() * 127.5 + 128.0).clamp_(0, 255).to(torch.uint8)
-
-
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8, or floats in [-1, 1] (quantised to uint8 first), -> float32 in [0, 255]."""
+    """uint8, or floats in [-1, 1] (quantised to uint8 first, fastwgan.pixels.to_uint8), -> float32
+    in [0, 255]."""
     if images.dtype != torch.uint8:
         if not images.is_floating_point():
             raise TypeError(f"images must be uint8 or floating point in [-1, 1], got {images.dtype}")
@@ -444,5 +439,5 @@ __all__ = [
     "sliced_wasserstein", "sample_plan", "SWDPlan", "swd_for_training", "generate_uint8",
     "gaussian_pyramid", "laplacian_pyramid", "pyr_down", "pyr_up", "pyramid_resolutions",
     "get_descriptors", "finalize_descriptors", "wasserstein_1d", "sliced_wasserstein_descriptors",
-    "to_uint8", "to_pixels", "feature_statistics", "frechet_distance", "fid_from_features",
+    "to_pixels", "feature_statistics", "frechet_distance", "fid_from_features",
 ]
