@@ -33,6 +33,7 @@ import torch
 
 from fastwgan import checkpoint
 from fastwgan.config import Config
+from fastwgan.device import DeviceError, resolve_device
 from fastwgan.metrics import (DIR_REPEATS, DIRS_PER_REPEAT, NHOOD_SIZE, NHOODS_PER_IMAGE,
                               fid_from_features, generate_uint8, sliced_wasserstein)
 from fastwgan.models import Generator
@@ -77,14 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
 def load_generator(path: str, device: torch.device) -> tuple[Generator, Config, Optional[int], Path]:
     """The generator of a trainer checkpoint (or run directory) in eval mode on ``device``, its
     config, its iteration and the checkpoint file (read by ``fastwgan.checkpoint.load``)."""
@@ -224,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         with one_line_warnings(f"{PROG}: warning: "):
             result = evaluate(args)
-    except EvalError as e:
+    except (EvalError, DeviceError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
