@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from fastwgan.atomic import atomic_write
+from fastwgan.build import build_critic, build_generator
 from fastwgan.config import Config
-from fastwgan.models import Critic, Generator
+from fastwgan.models import Generator
 from fastwgan.steps import OBJECTIVES
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -118,9 +119,7 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
     except (TypeError, ValueError) as e:  # ConfigError is a ValueError
         fail(f"its config is not valid ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     with torch.device("meta"):  # shapes only: nothing is allocated
-        nets = {"generator": Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers),
-                "critic": Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
-                                 norm=cfg.critic_normalization)}
+        nets = {"generator": build_generator(cfg), "critic": build_critic(cfg)}
     for name, net in nets.items():
         if name in ckpt:
             why = _state_mismatch(ckpt[name], net.state_dict())
@@ -285,6 +284,6 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     """The generator of a checkpoint (or run directory), in eval mode, and its config."""
     ckpt = load(path)  # validated: the weights fit the config
     cfg = Config.from_dict(ckpt["config"])
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers)
+    G = build_generator(cfg)
     G.load_state_dict(ckpt["generator"])
     return G.to(device).eval(), cfg
