@@ -12,7 +12,7 @@ import io
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -280,10 +280,27 @@ def resume_point(ckpt: dict[str, Any], rank: int, world_size: int) -> tuple[Opti
     return None, mean_sums, False
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
-    """The generator of a checkpoint (or run directory), in eval mode, and its config."""
+class LoadedGenerator(NamedTuple):
+    """What ``load_generator`` gives: the network and where it comes from."""
+    generator: Generator  # in eval mode, on the device asked for
+    config: Config  # the run's config, as the checkpoint holds it
+    iteration: Optional[int]  # the iterations trained (None: a checkpoint that does not say)
+    path: Path  # the checkpoint file read
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator of a checkpoint (or run directory), built as the run built it
+    (fastwgan.build), in eval mode on ``device``, with its config, iteration and file.
+
+    Raises CheckpointError (one line) for a checkpoint that cannot give one."""
     ckpt = load(path)  # validated: the weights fit the config
+    file = checkpoint_path(path)
     cfg = Config.from_dict(ckpt["config"])
     G = build_generator(cfg)
-    G.load_state_dict(ckpt["generator"])
-    return G.to(device).eval(), cfg
+    try:
+        G.load_state_dict(ckpt["generator"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: the generator does not match its config: "
+                              f"{str(e).splitlines()[0]}") from None
+    iteration = ckpt.get("iteration")
+    return LoadedGenerator(G.to(device).eval(), cfg, None if iteration is None else int(iteration), file)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fastwgan.atomic import atomic_write, is_write_failure, write_failure
-from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
+from fastwgan.checkpoint import CheckpointError, load_generator
 from fastwgan.config import ConfigError, OneLineParser
 from fastwgan.device import DeviceError, resolve_device
 from fastwgan.outputs import grid_format, make_grid, save_grid
@@ -194,11 +194,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         check_args(args)
         device = resolve_device(args.device)
-        G, cfg = load_generator(args.checkpoint, device)
+        G, cfg, _, file = load_generator(args.checkpoint, device)
     except (CheckpointError, ConfigError, DeviceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = checkpoint_path(args.checkpoint).parent
+    folder = file.parent
     try:
         if args.interpolate is not None:
             write_interpolation(G, args, cfg, device, folder)
