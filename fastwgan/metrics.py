@@ -280,6 +280,42 @@ def _level_descriptors(images: torch.Tensor, coarse: list[torch.Tensor], level: 
     return finalize_descriptors(torch.cat(chunks))
 
 
+def _check_pair(a: torch.Tensor, b: torch.Tensor, min_res: int) -> list[int]:
+    """The pyramid's resolutions for two image sets SWD can compare; ValueError otherwise."""
+    _check_images(a, "a")
+    _check_images(b, "b")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"a and b differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"SWD compares sets of the same size, got {a.shape[0]} and {b.shape[0]} images")
+    if a.device != b.device:
+        raise ValueError(f"a and b are on different devices ({a.device}, {b.device})")
+    size = a.shape[-1]
+    resolutions = pyramid_resolutions(size, min_res)
+    if not resolutions or size % (1 << (len(resolutions) - 1)):
+        raise ValueError(f"image size {size} must be at least {min_res} and halve evenly down to it")
+    return resolutions
+
+
+def _level_distances(a: torch.Tensor, b: torch.Tensor, plan: SWDPlan, num_levels: int,
+                     batch_size: int) -> list[torch.Tensor]:
+    """The sliced Wasserstein distance of each Laplacian level (finest first), unscaled, as 0-d
+    tensors on the images' device: the neighbourhoods and directions of ``plan``."""
+    coarse_a = _coarse_levels(a, num_levels, batch_size)
+    coarse_b = _coarse_levels(b, num_levels, batch_size)
+    dists = []
+    for level in range(num_levels):
+        # one level's descriptors at a time: they are the bulk of the memory
+        desc_a = _level_descriptors(a, coarse_a, level, plan.centres_a[level], plan.nhood_size,
+                                    batch_size)
+        desc_b = _level_descriptors(b, coarse_b, level, plan.centres_b[level], plan.nhood_size,
+                                    batch_size)
+        dirs = plan.dirs[level].to(a.device)
+        dists.append(sliced_wasserstein_descriptors(desc_a, desc_b, dirs))
+        del desc_a, desc_b
+    return dists
+
+
 @torch.no_grad()
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0,
                        nhood_size: int = NHOOD_SIZE, nhoods_per_image: int = NHOODS_PER_IMAGE,
@@ -312,33 +348,11 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0,
     2-core CPU.
     ``plan`` fixes every random draw (see ``sample_plan``); by default it is drawn from ``seed``.
     """
-    _check_images(a, "a")
-    _check_images(b, "b")
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"a and b differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"SWD compares sets of the same size, got {a.shape[0]} and {b.shape[0]} images")
-    if a.device != b.device:
-        raise ValueError(f"a and b are on different devices ({a.device}, {b.device})")
-    size = a.shape[-1]
-    resolutions = pyramid_resolutions(size, min_res)
-    if not resolutions or size % (1 << (len(resolutions) - 1)):
-        raise ValueError(f"image size {size} must be at least {min_res} and halve evenly down to it")
+    resolutions = _check_pair(a, b, min_res)
     if plan is None:
-        plan = sample_plan(a.shape[0], b.shape[0], size, a.shape[1], seed, nhood_size,
+        plan = sample_plan(a.shape[0], b.shape[0], a.shape[-1], a.shape[1], seed, nhood_size,
                            nhoods_per_image, dir_repeats, dirs_per_repeat, min_res)
-    coarse_a = _coarse_levels(a, len(resolutions), batch_size)
-    coarse_b = _coarse_levels(b, len(resolutions), batch_size)
-    dists = []
-    for level in range(len(resolutions)):
-        # one level's descriptors at a time: they are the bulk of the memory
-        desc_a = _level_descriptors(a, coarse_a, level, plan.centres_a[level], plan.nhood_size,
-                                    batch_size)
-        desc_b = _level_descriptors(b, coarse_b, level, plan.centres_b[level], plan.nhood_size,
-                                    batch_size)
-        dirs = plan.dirs[level].to(a.device)
-        dists.append(sliced_wasserstein_descriptors(desc_a, desc_b, dirs))
-        del desc_a, desc_b
+    dists = _level_distances(a, b, plan, len(resolutions), batch_size)
     levels = (torch.stack(dists) * scale).tolist()  # host sync: the result
     return {"levels": levels, "mean": float(np.mean(levels)), "resolutions": resolutions,
             "scale": scale}
