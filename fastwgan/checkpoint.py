@@ -12,15 +12,16 @@ import io
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 
+from fastwgan.atomic import atomic_write
+from fastwgan.build import build_critic, build_generator
 from fastwgan.config import Config
-from fastwgan.models import Critic, Generator
-from fastwgan.runfolder import atomic_write
 from fastwgan.losses import LOSSES
+from fastwgan.models import Generator
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -37,7 +38,7 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``obj`` written to ``path`` whole or not at all (fastwgan.runfolder.atomic_write).
+    """``obj`` written to ``path`` whole or not at all (fastwgan.atomic.atomic_write).
 
     Serialised in memory first: a full disk then fails in a plain write, an OSError naming the
     file, where torch.save into the file would raise a RuntimeError of its own."""
@@ -118,9 +119,7 @@ def validate(ckpt: dict[str, Any], p: Path, resume: bool = False) -> None:
     except (TypeError, ValueError) as e:  # ConfigError is a ValueError
         fail(f"its config is not valid ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     with torch.device("meta"):  # shapes only: nothing is allocated
-        nets = {"generator": Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers),
-                "critic": Critic(cfg.image_size, cfg.ndf, extra_layers=cfg.extra_layers,
-                                 norm=cfg.critic_normalization)}
+        nets = {"generator": build_generator(cfg), "critic": build_critic(cfg)}
     for name, net in nets.items():
         if name in ckpt:
             why = _state_mismatch(ckpt[name], net.state_dict())
@@ -281,10 +280,27 @@ def resume_point(ckpt: dict[str, Any], rank: int, world_size: int) -> tuple[Opti
     return None, mean_sums, False
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, Config]:
-    """The generator of a checkpoint (or run directory), in eval mode, and its config."""
+class LoadedGenerator(NamedTuple):
+    """What ``load_generator`` gives: the network and where it comes from."""
+    generator: Generator  # in eval mode, on the device asked for
+    config: Config  # the run's config, as the checkpoint holds it
+    iteration: Optional[int]  # the iterations trained (None: a checkpoint that does not say)
+    path: Path  # the checkpoint file read
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator of a checkpoint (or run directory), built as the run built it
+    (fastwgan.build), in eval mode on ``device``, with its config, iteration and file.
+
+    Raises CheckpointError (one line) for a checkpoint that cannot give one."""
     ckpt = load(path)  # validated: the weights fit the config
+    file = checkpoint_path(path)
     cfg = Config.from_dict(ckpt["config"])
-    G = Generator(cfg.image_size, cfg.nz, cfg.ngf, extra_layers=cfg.extra_layers)
-    G.load_state_dict(ckpt["generator"])
-    return G.to(device).eval(), cfg
+    G = build_generator(cfg)
+    try:
+        G.load_state_dict(ckpt["generator"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: the generator does not match its config: "
+                              f"{str(e).splitlines()[0]}") from None
+    iteration = ckpt.get("iteration")
+    return LoadedGenerator(G.to(device).eval(), cfg, None if iteration is None else int(iteration), file)

@@ -26,16 +26,15 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from fastwgan import checkpoint
 from fastwgan.config import Config
+from fastwgan.device import DeviceError, resolve_device
 from fastwgan.metrics import (DIR_REPEATS, DIRS_PER_REPEAT, NHOOD_SIZE, NHOODS_PER_IMAGE,
                               fid_from_features, generate_uint8, sliced_wasserstein)
-from fastwgan.models import Generator
 from fastwgan.outputs import one_line_warnings
 
 PROG = "python -m fastwgan.eval"
@@ -77,34 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def load_generator(path: str, device: torch.device) -> tuple[Generator, Config, Optional[int], Path]:
-    """The generator of a trainer checkpoint (or run directory) in eval mode on ``device``, its
-    config, its iteration and the checkpoint file (read by ``fastwgan.checkpoint.load``)."""
-    try:
-        ckpt = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        raise EvalError(str(e).splitlines()[0]) from None
-    file = checkpoint.checkpoint_path(path)
-    try:
-        cfg = Config.from_dict(ckpt["config"])
-        gen = Generator(image_size=cfg.image_size, nz=cfg.nz, ngf=cfg.ngf,
-                        extra_layers=cfg.extra_layers)
-        gen.load_state_dict(ckpt["generator"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise EvalError(f"{file}: the generator does not match its config: "
-                        f"{str(e).splitlines()[0]}") from None
-    iteration = ckpt.get("iteration")
-    return gen.to(device).eval(), cfg, None if iteration is None else int(iteration), file
-
-
 def load_real(data: Optional[str], cfg: Config, crop: Optional[int], n: int, seed: int) -> torch.Tensor:
     """``n`` real images (uint8 (n, 3, H, W)) preprocessed as the run's training data."""
     if data is not None and not (os.path.isdir(data) or os.path.isfile(data)):  # a folder or a .zip
@@ -179,7 +150,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise EvalError(f"--json: no folder for {args.json}")
     device = resolve_device(args.device)
     inception = load_inception(args.fid_weights, device) if args.fid_weights else None
-    gen, cfg, iteration, path = load_generator(args.checkpoint, device)
+    try:
+        gen, cfg, iteration, path = checkpoint.load_generator(args.checkpoint, device)
+    except checkpoint.CheckpointError as e:
+        raise EvalError(str(e).splitlines()[0]) from None
 
     data = args.data if args.data is not None else cfg.data
     crop = args.crop if args.crop is not None else cfg.crop
@@ -224,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         with one_line_warnings(f"{PROG}: warning: "):
             result = evaluate(args)
-    except EvalError as e:
+    except (EvalError, DeviceError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))

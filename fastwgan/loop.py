@@ -24,7 +24,7 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed
 from fastwgan.config import Config
 from fastwgan.distributed import World
-from fastwgan.runfiles import RunFolder, RunLog
+from fastwgan.runfolder import RunFolder, RunLog
 from fastwgan.stop import Interrupted, Stop
 
 

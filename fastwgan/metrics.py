@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastwgan.pixels import to_uint8
+
 # The reference code's settings (progressive_growing_of_gans metrics/sliced_wasserstein.py, API).
 NHOOD_SIZE = 7          # neighbourhood side, pixels
 NHOODS_PER_IMAGE = 128  # neighbourhoods drawn per image and level
@@ -44,16 +46,9 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 # --------------------------------------------------------------------------------------------
 # Pixels
 # --------------------------------------------------------------------------------------------
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8, rounding to the nearest level (as StyleGAN's metrics do).
-
-    ``floor(x * 127.5 + 128)`` inverts the training loader's ``u / 127.5 - 1`` exactly.
-    """
-    return (images.float() * 127.5 + 128.0).clamp_(0, 255).to(torch.uint8)
-
-
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8, or floats in [-1, 1] (quantised to uint8 first), -> float32 in [0, 255]."""
+    """uint8, or floats in [-1, 1] (quantised to uint8 first, fastwgan.pixels.to_uint8), -> float32
+    in [0, 255]."""
     if images.dtype != torch.uint8:
         if not images.is_floating_point():
             raise TypeError(f"images must be uint8 or floating point in [-1, 1], got {images.dtype}")
@@ -285,6 +280,42 @@ def _level_descriptors(images: torch.Tensor, coarse: list[torch.Tensor], level: 
     return finalize_descriptors(torch.cat(chunks))
 
 
+def _check_pair(a: torch.Tensor, b: torch.Tensor, min_res: int) -> list[int]:
+    """The pyramid's resolutions for two image sets SWD can compare; ValueError otherwise."""
+    _check_images(a, "a")
+    _check_images(b, "b")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"a and b differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"SWD compares sets of the same size, got {a.shape[0]} and {b.shape[0]} images")
+    if a.device != b.device:
+        raise ValueError(f"a and b are on different devices ({a.device}, {b.device})")
+    size = a.shape[-1]
+    resolutions = pyramid_resolutions(size, min_res)
+    if not resolutions or size % (1 << (len(resolutions) - 1)):
+        raise ValueError(f"image size {size} must be at least {min_res} and halve evenly down to it")
+    return resolutions
+
+
+def _level_distances(a: torch.Tensor, b: torch.Tensor, plan: SWDPlan, num_levels: int,
+                     batch_size: int) -> list[torch.Tensor]:
+    """The sliced Wasserstein distance of each Laplacian level (finest first), unscaled, as 0-d
+    tensors on the images' device: the neighbourhoods and directions of ``plan``."""
+    coarse_a = _coarse_levels(a, num_levels, batch_size)
+    coarse_b = _coarse_levels(b, num_levels, batch_size)
+    dists = []
+    for level in range(num_levels):
+        # one level's descriptors at a time: they are the bulk of the memory
+        desc_a = _level_descriptors(a, coarse_a, level, plan.centres_a[level], plan.nhood_size,
+                                    batch_size)
+        desc_b = _level_descriptors(b, coarse_b, level, plan.centres_b[level], plan.nhood_size,
+                                    batch_size)
+        dirs = plan.dirs[level].to(a.device)
+        dists.append(sliced_wasserstein_descriptors(desc_a, desc_b, dirs))
+        del desc_a, desc_b
+    return dists
+
+
 @torch.no_grad()
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0,
                        nhood_size: int = NHOOD_SIZE, nhoods_per_image: int = NHOODS_PER_IMAGE,
@@ -317,33 +348,11 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0,
     2-core CPU.
     ``plan`` fixes every random draw (see ``sample_plan``); by default it is drawn from ``seed``.
     """
-    _check_images(a, "a")
-    _check_images(b, "b")
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"a and b differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"SWD compares sets of the same size, got {a.shape[0]} and {b.shape[0]} images")
-    if a.device != b.device:
-        raise ValueError(f"a and b are on different devices ({a.device}, {b.device})")
-    size = a.shape[-1]
-    resolutions = pyramid_resolutions(size, min_res)
-    if not resolutions or size % (1 << (len(resolutions) - 1)):
-        raise ValueError(f"image size {size} must be at least {min_res} and halve evenly down to it")
+    resolutions = _check_pair(a, b, min_res)
     if plan is None:
-        plan = sample_plan(a.shape[0], b.shape[0], size, a.shape[1], seed, nhood_size,
+        plan = sample_plan(a.shape[0], b.shape[0], a.shape[-1], a.shape[1], seed, nhood_size,
                            nhoods_per_image, dir_repeats, dirs_per_repeat, min_res)
-    coarse_a = _coarse_levels(a, len(resolutions), batch_size)
-    coarse_b = _coarse_levels(b, len(resolutions), batch_size)
-    dists = []
-    for level in range(len(resolutions)):
-        # one level's descriptors at a time: they are the bulk of the memory
-        desc_a = _level_descriptors(a, coarse_a, level, plan.centres_a[level], plan.nhood_size,
-                                    batch_size)
-        desc_b = _level_descriptors(b, coarse_b, level, plan.centres_b[level], plan.nhood_size,
-                                    batch_size)
-        dirs = plan.dirs[level].to(a.device)
-        dists.append(sliced_wasserstein_descriptors(desc_a, desc_b, dirs))
-        del desc_a, desc_b
+    dists = _level_distances(a, b, plan, len(resolutions), batch_size)
     levels = (torch.stack(dists) * scale).tolist()  # host sync: the result
     return {"levels": levels, "mean": float(np.mean(levels)), "resolutions": resolutions,
             "scale": scale}
@@ -444,5 +453,5 @@ __all__ = [
     "sliced_wasserstein", "sample_plan", "SWDPlan", "swd_for_training", "generate_uint8",
     "gaussian_pyramid", "laplacian_pyramid", "pyr_down", "pyr_up", "pyramid_resolutions",
     "get_descriptors", "finalize_descriptors", "wasserstein_1d", "sliced_wasserstein_descriptors",
-    "to_uint8", "to_pixels", "feature_statistics", "frechet_distance", "fid_from_features",
+    "to_pixels", "feature_statistics", "frechet_distance", "fid_from_features",
 ]

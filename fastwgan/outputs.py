@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastwgan.runfolder import atomic_write
+from fastwgan.atomic import atomic_write
+from fastwgan.pixels import to_uint8
 
 
 @contextlib.contextmanager
@@ -29,16 +30,10 @@ def one_line_warnings(prefix: str):
         warnings.formatwarning = show
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Floats in [-1, 1] or uint8, (N, 3, H, W) -> uint8 on the CPU."""
-    if images.dtype == torch.uint8:
-        return images.cpu()
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """(N, 3, H, W) -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3) uint8 image, black padding."""
-    x = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    """(N, 3, H, W) floats in [-1, 1] or uint8 -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3)
+    uint8 image, black padding (the pixels of fastwgan.pixels.to_uint8, as the metrics see them)."""
+    x = to_uint8(images).cpu().permute(0, 2, 3, 1).numpy()
     n, h, w, c = x.shape
     cols = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -8,7 +8,7 @@ restores the resume point (``restore_or_seed``), and hands over to the loop
 
 Several processes run the same code; the differences are named where they happen: each rank
 takes its share of the batch (``BatchShare``), rank 0 alone writes (``RunFolder`` against
-``NoRunFolder``, a quiet ``RunLog``: fastwgan.runfiles), and the loop averages, compares and
+``NoRunFolder``, a quiet ``RunLog``: fastwgan.runfolder), and the loop averages, compares and
 agrees through fastwgan.distributed.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from fastwgan import build
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import distributed, runfolder
+from fastwgan import atomic, distributed
 from fastwgan.config import Config, ConfigError
 from fastwgan.data import Batches, open_dataset
 from fastwgan.data.pillow import undecodable_warning
@@ -33,7 +33,7 @@ from fastwgan.device import amp_dtype, device_label, resolve_device, set_threads
 from fastwgan.distributed import World
 from fastwgan.loop import StartPoint, TrainingLoop
 from fastwgan.parity import start_of_run_problem
-from fastwgan.runfiles import NoRunFolder, RunFolder, RunLog
+from fastwgan.runfolder import NoRunFolder, RunFolder, RunLog
 from fastwgan.stop import Interrupted, Stop
 
 
@@ -87,14 +87,14 @@ def logged_run(cfg: Config, resume: Optional[dict], log, notes: Sequence[str], c
 
 
 def _is_write_failure(e: BaseException) -> bool:
-    return isinstance(e, OSError) and runfolder.is_write_failure(e)
+    return isinstance(e, OSError) and atomic.is_write_failure(e)
 
 
 def record_stop(e: BaseException, cfg: Config, run_log: RunLog, world: World) -> BaseException:
     """What ends a run early, written to train.log; the exception to raise in its place (a full
     disk becomes a Stop of one line, everything else is raised as it is)."""
     if _is_write_failure(e):
-        message = (f"{runfolder.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
+        message = (f"{atomic.write_failure(e, cfg.out)}; stopping. The last checkpoint written "
                    "(if any) is kept")
         try:
             run_log.write(f"stopped: {message}")

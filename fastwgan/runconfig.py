@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
-from fastwgan.runfiles import holds_run
+from fastwgan.runfolder import holds_run
 
 # Flags that define the networks: a resumed run keeps the checkpoint's values.
 ARCHITECTURE = ("image_size", "nz", "ngf", "ndf", "extra_layers", "loss", "critic_norm")

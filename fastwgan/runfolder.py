@@ -1,179 +1,250 @@
-"""The run folder (``--out``): one run at a time, files written whole, write failures in one line.
+"""What a run writes into its folder (``--out``), and what it clears there.
 
-* ``RunLock``: an exclusive advisory lock (``fcntl.flock``) on ``.lock`` in the folder, taken by
-  training, resuming and ``--overwrite`` before any data is decoded. The kernel releases it when
-  the process ends, however it ends: a crash never leaves a stale lock. A second run on the
-  folder stops at once, naming the holder's pid. Reading (sample, eval) takes no lock: every file
-  is replaced by a rename, so a reader sees the old file or the new one, never half of one.
-* ``atomic_write``: a temporary file in the same folder, flushed to disk, renamed over the target;
-  on failure the temporary is removed (no 0-byte leftovers on a full disk).
-* ``remove_orphans``: temporaries of a killed write (``.NAME.tmpPID`` whose process is gone).
-* ``write_failure``: a full disk, a read-only or unwritable folder as one line naming the file and
-  the free space there (the trainer stops with exit code 1).
+* ``RunLog``: every line the trainer prints, kept in ``train.log`` (lines logged before the
+  folder exists are written when it is opened).
+* ``RunFolder``: the lock, train.log, config.json, metrics.jsonl, samples, loss.png, the
+  TensorBoard events and the checkpoint, each written whole (fastwgan.atomic). With several
+  processes rank 0 holds one; the others hold a ``NoRunFolder``, which takes the same calls and
+  writes nothing.
+* ``clear_run``: an earlier run's files moved aside for ``--overwrite`` until the new run's first
+  checkpoint, so that a start that fails loses nothing.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
+import contextlib
 import os
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-LOCK_NAME = ".lock"
-PID_WIDTH = 10  # the holder's pid in the lock file, padded to this width
-# what a full disk, a read-only file system, a quota or missing permissions raise on a write
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
-                          errno.EFBIG})
-_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")  # .checkpoint.pt.tmp1234, .iter_000500.png.tmp1234
+import torch
+
+from fastwgan import checkpoint as ckpt_io
+from fastwgan.atomic import remove_orphans, write_text
+from fastwgan.config import Config
+from fastwgan.data import sample_images
+from fastwgan.metrics import swd_for_training
+from fastwgan.outputs import MetricsLog, plot_losses, save_grid
+from fastwgan.runlock import RunLock
+from fastwgan.tensorboard import EventLog
+
+N_SAMPLES = 64  # 8x8 grids
 
 
-class RunFolderError(Exception):
-    """An --out that cannot hold this run (a file, busy, unwritable): one line, exit code 2."""
+RUN_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.jsonl", "loss.png", "real_samples.png", "config.json",
+             "train.log")
 
 
-class RunLock:
-    """``with RunLock(out):`` the run folder held exclusively (created if needed).
+class RunLog:
+    """Prints each line and keeps it in the run folder's ``train.log``. Lines logged before the
+    folder exists (the data is checked first) are written when it is opened.
 
-    A folder this lock created and the run left empty (it stopped before writing anything) is
-    removed again on release."""
+    ``echo=None``: a rank other than 0 of several, which neither prints nor keeps its lines (rank 0
+    says the same)."""
 
-    def __init__(self, out: str | os.PathLike):
-        self.out = Path(out)
-        self.path = self.out / LOCK_NAME
-        self.fd: Optional[int] = None
-        self.created = False
+    def __init__(self, echo=print, command: str = ""):
+        self.echo, self.pending, self.file, self.command = echo, [], None, command
+        self.quiet = echo is None
 
-    def __enter__(self) -> "RunLock":
-        if self.out.exists() and not self.out.is_dir():
-            raise RunFolderError(f"--out {self.out} is a file, not a folder; pass a folder for the run")
-        self.created = not self.out.exists()
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._lock()
-        except OSError as e:
-            raise RunFolderError(f"cannot write in --out {self.out}: {e.strerror or e}") from None
-        return self
-
-    def _lock(self) -> None:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise RunFolderError(f"{self.out} is in use by another training run (pid {holder}); "
-                                     "wait for it to end, or pass another --out") from None
-            try:  # the file we locked may have been removed by a run that was leaving: lock anew
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        # the pid in place, at a fixed width, then the rest cut: a reader never finds the file
-        # empty or holding parts of two pids (except before the first holder's write)
-        record = f"{os.getpid():<{PID_WIDTH}}\n".encode()
-        os.pwrite(fd, record, 0)
-        os.ftruncate(fd, len(record))
-        self.fd = fd
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is None:
+    def __call__(self, line: str) -> None:
+        if self.quiet:
             return
-        if self.created and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
-            self.path.unlink()  # (while still held: no run can have locked it meanwhile)
-            self.out.rmdir()
-        os.close(self.fd)  # releases the lock
-        self.fd = None
+        self.echo(line)
+        self.write(line)
 
+    def progress(self, line: str, on_screen: bool, show) -> None:
+        """A progress line: kept, and shown with ``show`` (the bar's write) when ``on_screen``."""
+        if self.quiet:
+            return
+        self.write(line)
+        if on_screen:
+            show(line)
 
-def _holder(fd: int, wait_s: float = 1.0) -> str:
-    """The pid in a lock file another process holds; it writes it just after taking the lock,
-    so a file still empty is read again for up to ``wait_s``."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        text = os.pread(fd, PID_WIDTH + 1, 0).decode(errors="replace").strip()
-        if text or time.monotonic() > deadline:
-            return text or "unknown"
-        time.sleep(0.02)
+    def write(self, line: str) -> None:
+        """To the file only (what the progress bar already showed)."""
+        if self.quiet:
+            return
+        if self.file is None:
+            self.pending.append(line)
+            return
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as e:  # a failed write() names no file
+            e.filename = self.file.name
+            raise
 
+    def open(self, path: Path, append: bool) -> None:
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
+        self.write(time.strftime("--- %Y-%m-%d %H:%M:%S %Z ") + self.command)
+        for line in self.pending:
+            self.write(line)
+        self.pending = []
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], sync: bool = True) -> Path:
-    """``write(tmp)`` to a temporary beside ``path``, synced to disk (``sync``: not for a cache
-    that can be rebuilt), then renamed over ``path``.
-
-    On any failure the temporary is removed and the error raised with ``path`` as its file name
-    (a failed write() names no file of its own)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        if sync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        e.filename = str(path)
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_orphans(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries of writes whose process is gone (a run killed mid-write), in
-    ``folder`` and its ``samples/``; returns them. Those of a live process are left alone."""
-    removed = []
-    for d in (Path(folder), Path(folder) / "samples"):
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            m = _TEMPORARY.match(p.name)
-            if m and p.is_file() and not _pid_alive(int(m.group(1))):
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
-def is_write_failure(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
-
-
-def _free_space(path: Path) -> str:
-    for p in (path, *path.parents):
-        if p.exists():
+    def close(self) -> None:
+        if self.file is not None:
             try:
-                free = shutil.disk_usage(p).free
-            except OSError:
-                return "free space unknown"
-            for unit in ("bytes", "KB", "MB", "GB", "TB"):
-                if free < 1024 or unit == "TB":
-                    return f"{free:,.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
-                free /= 1024
-    return "free space unknown"
+                self.file.close()
+            except OSError:  # what a full disk kept from the log (the error was shown)
+                pass
 
 
-def write_failure(e: OSError, folder: str | os.PathLike) -> str:
-    """One line for a write that failed: the file, why, and the free space on its disk."""
-    target = Path(e.filename) if e.filename else Path(folder)
-    what = str(target) if e.filename else f"a file in {folder}"
-    return f"cannot write {what}: {e.strerror or e} ({_free_space(target.parent)} there)"
+def holds_run(out: str | Path) -> bool:
+    return (Path(out) / ckpt_io.CHECKPOINT_NAME).exists()
+
+
+REPLACED = ".replaced"  # an overwritten run's files, until the new run's first checkpoint
+
+
+def clear_run(out: Path) -> Optional[Path]:
+    """Clear ``out`` of what an earlier run wrote there (its own files, nothing else).
+
+    A run with a checkpoint is moved aside into ``out/.replaced`` (returned), which the new run
+    removes once it has written its first checkpoint: a start that fails loses nothing. The
+    leftovers of a run that never wrote a checkpoint are removed at once."""
+    files = [out / name for name in RUN_FILES if (out / name).exists()]
+    if (out / "samples").is_dir():
+        files += sorted((out / "samples").glob("iter_*.png"))
+    if not holds_run(out):
+        for p in files:
+            p.unlink()
+        return None
+    aside = out / REPLACED
+    shutil.rmtree(aside, ignore_errors=True)
+    (aside / "samples").mkdir(parents=True)
+    for p in files:
+        os.replace(p, aside / p.relative_to(out))
+    return aside
+
+
+def dropped_rows(metrics_path: Path, iteration: int) -> int:
+    """Rows of ``metrics.jsonl`` logged after ``iteration``: what a resume from there drops."""
+    return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
+
+
+class RunFolder:
+    """Everything a run writes into ``--out``: the lock, train.log, config.json, metrics.jsonl,
+    samples, loss.png, the TensorBoard events and the checkpoint. With several processes rank 0
+    holds one; the others hold a ``NoRunFolder``, which writes nothing."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.events = EventLog(cfg)  # --tensorboard
+        self.replaced: Optional[Path] = None
+        self.real_eval: Optional[torch.Tensor] = None
+        self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    def locked(self):
+        """Held while the run lasts: one run at a time in a folder (fastwgan.runlock)."""
+        return RunLock(self.out)
+
+    def clean(self) -> None:
+        remove_orphans(self.out)
+
+    def open(self, resume: Optional[dict], log: RunLog) -> None:
+        """The folder, once the data is known to load. A fresh run (or a run resumed into another
+        folder) starts from a folder without an earlier run's files; a run resumed in place keeps
+        its history."""
+        out = self.out
+        source = Path(resume["source_dir"]) if resume and "source_dir" in resume else out
+        self.in_place = in_place = resume is not None and source.resolve() == out.resolve()
+        self.source = source
+        self.replaced = clear_run(out) if not in_place and out.exists() else None
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        if resume and not in_place and (source / "metrics.jsonl").exists():
+            shutil.copyfile(source / "metrics.jsonl", out / "metrics.jsonl")  # the history goes along
+        log.open(out / "train.log", append=in_place)
+        if self.replaced is not None:
+            log(f"note: the run that was in {out} is kept in {self.replaced} until this run writes "
+                "its first checkpoint")
+        if resume and not in_place:
+            log(f"resuming {source} (iteration {resume['iteration']}) into {out}")
+
+    def dropped_rows(self, iteration: int) -> bool:
+        """Whether the log above holds rows past ``iteration`` that a resume drops."""
+        return self.in_place and dropped_rows(self.out / "metrics.jsonl", iteration) > 0
+
+    def start(self, dataset, resume: Optional[dict], log: RunLog) -> None:
+        """config.json, the real samples, the evaluation's real images, the metrics so far."""
+        cfg, out = self.cfg, self.out
+        write_text(out / "config.json", cfg.to_json() + "\n")
+        self.events.open(out, resume["iteration"] if resume else None, self.source)
+        if not (out / "real_samples.png").exists():
+            # (files that do not decode were reported above, or are warned about by the stream)
+            real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
+            save_grid(real, out / "real_samples.png", nrow=8)
+            self.events.real_images(real)
+        if cfg.eval_every:
+            self.real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3,
+                                           cfg.workers, failed=[])
+            log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(self.real_eval)} samples to "
+                f"as many real images every {cfg.eval_every} iterations")
+        self.metrics = MetricsLog(out / "metrics.jsonl")
+        if resume:
+            self.metrics.truncate_after(resume["iteration"])
+        elif self.metrics.path.exists():
+            self.metrics.path.unlink()
+
+    def evaluate(self, G: torch.nn.Module) -> dict:
+        swd = swd_for_training(G, self.real_eval, z_seed=self.cfg.seed + 2)
+        return {"swd": swd["mean"], "swd_levels": swd["levels"]}
+
+    def metrics_row(self, row: dict) -> None:
+        self.metrics.append(row)
+        self.events.scalars(row)
+
+    def samples(self, G: torch.nn.Module, iteration: int) -> None:
+        G.eval()
+        with torch.no_grad():
+            fake = G(self.fixed_z.to(next(G.parameters()).device))
+            save_grid(fake, self.out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
+            self.events.images("samples", fake, iteration)
+        G.train()
+        plot_losses(self.metrics.read(), self.out / "loss.png",
+                    title=f"{self.cfg.loss}, {self.cfg.image_size}x{self.cfg.image_size}")
+
+    def histograms(self, nets: dict, iteration: int) -> None:
+        self.events.histograms(nets, iteration)
+
+    def checkpoint(self, state: dict) -> None:
+        ckpt_io.save_atomic(state, self.out / ckpt_io.CHECKPOINT_NAME)
+        if self.replaced is not None and self.replaced.exists():
+            shutil.rmtree(self.replaced, ignore_errors=True)
+
+    def close(self) -> None:
+        self.events.close()
+
+
+class NoRunFolder(RunFolder):
+    """A rank other than 0: the same calls, nothing written (rank 0 writes for the run)."""
+
+    def locked(self):
+        return contextlib.nullcontext()
+
+    def clean(self) -> None:
+        pass
+
+    def open(self, resume, log) -> None:
+        self.in_place, self.source = False, self.out
+
+    def start(self, dataset, resume, log) -> None:
+        pass
+
+    def evaluate(self, G) -> dict:
+        return {}
+
+    def metrics_row(self, row) -> None:
+        pass
+
+    def samples(self, G, iteration) -> None:
+        pass
+
+    def histograms(self, nets, iteration) -> None:
+        pass
+
+    def checkpoint(self, state) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -29,10 +29,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from fastwgan.checkpoint import CheckpointError, checkpoint_path, load_generator
+from fastwgan.atomic import atomic_write, is_write_failure, write_failure
+from fastwgan.checkpoint import CheckpointError, load_generator
 from fastwgan.config import ConfigError, OneLineParser
+from fastwgan.device import DeviceError, resolve_device
 from fastwgan.outputs import grid_format, make_grid, save_grid
-from fastwgan.runfolder import atomic_write, is_write_failure, write_failure
 
 # The sample noise has a stream of its own (numpy's SeedSequence of (NOISE_STREAM, seed), PCG64),
 # so that no --seed reproduces the training grid, which is drawn with torch's generator from the
@@ -143,8 +144,6 @@ def check_args(args) -> None:
             raise ValueError(f"--gif {args.gif}: the file name must end in .gif")
     if args.out:
         grid_format(args.out)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
 
 
 PAGE = 1024  # images per grid file (a 32x32 grid)
@@ -194,13 +193,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if args.device == "auto" else args.device))
-        G, cfg = load_generator(args.checkpoint, device)
-    except (CheckpointError, ConfigError, ValueError) as e:
+        device = resolve_device(args.device)
+        G, cfg, _, file = load_generator(args.checkpoint, device)
+    except (CheckpointError, ConfigError, DeviceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = checkpoint_path(args.checkpoint).parent
+    folder = file.parent
     try:
         if args.interpolate is not None:
             write_interpolation(G, args, cfg, device, folder)

@@ -23,7 +23,7 @@ from fastwgan import distributed, run, runconfig
 from fastwgan.config import Config, ConfigError
 from fastwgan.data import DataError
 from fastwgan.outputs import one_line_warnings
-from fastwgan.runfolder import RunFolderError
+from fastwgan.runlock import RunFolderError
 from fastwgan.stop import Stop
 
 DESCRIPTION = """\

@@ -70,7 +70,7 @@ def test_sample_draws_and_writes_page_by_page(run_dir, tmp_path, monkeypatch, ca
 
 
 def test_pages_are_the_images_of_one_draw(run_dir):
-    G, _ = sample.load_generator(run_dir)
+    G = sample.load_generator(run_dir).generator
     whole = sample.generate(G, 10, seed=3, device=torch.device("cpu"))
     pages = list(sample.generate_pages(G, 10, seed=3, device=torch.device("cpu"), page=10))
     assert len(pages) == 1 and torch.equal(pages[0], whole)

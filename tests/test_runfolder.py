@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from fastwgan import checkpoint as ckpt_io
+from fastwgan import run as run_module
 from fastwgan import sample, train
-from fastwgan.runfolder import RunFolderError, RunLock
+from fastwgan.runlock import RunFolderError, RunLock
 
 from tiny import TINY, run
 
@@ -48,7 +49,7 @@ def test_lock_names_the_holder_and_dies_with_it(tmp_path):
         pass
     assert not out.exists()  # created by the lock and left empty: removed again
     # a holder killed outright leaves no stale lock
-    code = f"from fastwgan.runfolder import RunLock; RunLock({str(out)!r}).__enter__(); print('held', flush=True); " \
+    code = f"from fastwgan.runlock import RunLock; RunLock({str(out)!r}).__enter__(); print('held', flush=True); " \
            "import time; time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          stdout=subprocess.PIPE, text=True)
@@ -183,7 +184,7 @@ def test_out_naming_a_file_is_refused_before_the_data(tmp_path, monkeypatch, cap
     def no_data(*a, **k):
         raise AssertionError("the data was opened")
 
-    monkeypatch.setattr(train, "open_dataset", no_data)
+    monkeypatch.setattr(run_module, "open_dataset", no_data)
     assert run("--out", tmp_path / "file") == 2
     assert capsys.readouterr().err.strip() == \
         f"error: --out {tmp_path / 'file'} is a file, not a folder; pass a folder for the run"

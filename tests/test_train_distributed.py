@@ -151,7 +151,7 @@ import torch
 from fastwgan import distributed
 from fastwgan.config import Config
 from fastwgan.losses import LOSSES
-from fastwgan.runfiles import NoRunFolder, RunLog
+from fastwgan.runfolder import NoRunFolder, RunLog
 from fastwgan.loop import StartPoint, TrainingLoop
 
 world = distributed.init_from_env("cpu")

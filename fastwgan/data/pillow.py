@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fastwgan.atomic import atomic_write
 from fastwgan.data.files import DataError, default_workers, load_image
-from fastwgan.runfolder import atomic_write
 
 CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
 
