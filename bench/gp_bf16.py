@@ -14,7 +14,8 @@ import argparse
 
 import torch
 
-from fastwgan.models import Critic
+from fastwgan.build import build_critic
+from fastwgan.runconfig import preset_config
 
 
 def penalty(D, x_hat, amp: bool):
@@ -45,7 +46,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
-    D = Critic(64, 64, norm="none").to(args.device)
+    D = build_critic(preset_config(loss="wgan-gp")).to(args.device)  # 64x64, width 64, no norm
     x_hat = torch.rand(args.batch, 3, 64, 64, device=args.device) * 2 - 1
     for label, scale in [("init (N(0, 0.02))", 1.0), ("weights x1.89 (norms near 1)", 1.886)]:
         with torch.no_grad():

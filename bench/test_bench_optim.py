@@ -8,8 +8,9 @@ Rows (provider):
     fastwgan-triton        RMSpropClip(impl="triton"): one launch over the flat buffer
     fastwgan-triton-graph  the same, replayed from a CUDA graph (how the trainer runs it)
 
-Sizes: the 64x64 DCGAN critic's parameters (2.76 M, Critic(64)) and the same shapes ten times.
-Without a GPU the sizes shrink to Critic(32, ndf=16) (43 k) so that the file runs in seconds,
+Sizes: the parameters of the critic the trainer builds (fastwgan.build): the paper's 64x64 DCGAN
+critic (2.76 M) and the same shapes ten times. Without a GPU the sizes shrink to the cpu preset's
+critic (32x32, width 32: 0.17 M) so that the file runs in seconds,
 and the Triton, torch.compile and graph rows are skipped with the reason.
 
 Each round runs STEPS steps and then synchronises once, so a row's time per step includes the
@@ -25,8 +26,9 @@ import pytest
 import torch
 
 from conftest import copy_seconds, device_name, synced, timed_in_graph
-from fastwgan.models import Critic
+from fastwgan.build import build_critic
 from fastwgan.optim import RMSpropClip
+from fastwgan.runconfig import preset_config
 
 LR, CLIP = 5e-5, 0.01
 BYTES_PER_PARAM = 20
@@ -36,7 +38,7 @@ SIZES = {"critic": 1, "critic-x10": 10}  # copies of the critic's parameter shap
 
 
 def _shapes(device: torch.device, copies: int) -> list[tuple[int, ...]]:
-    critic = Critic(64) if device.type == "cuda" else Critic(32, ndf=16)
+    critic = build_critic(preset_config(None if device.type == "cuda" else "cpu"))
     return [tuple(p.shape) for p in critic.parameters()] * copies
 
 
