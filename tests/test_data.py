@@ -8,7 +8,8 @@ from PIL import Image
 
 from fastwgan.data import Batches, DataError, Dataset, open_dataset
 from fastwgan.data.files import list_images, load_image, scan_images
-from fastwgan.data.pillow import EpochBatches, cache_key, load_resident
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.pillow import cache_key, load_resident
 
 from oddfiles import make_good_folder, make_odd_folder
 

@@ -21,7 +21,8 @@ import torch
 from fastwgan.data.archive import archive_note, from_archive, is_zip, scan_zip
 from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
-from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
+from fastwgan.data.order import epoch_batches_nhwc, resident_batches
+from fastwgan.data.pillow import load_resident, stream_batches, to_training
 
 __all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images",
            "cache_root", "resolve_backend", "resolve_mode"]
@@ -185,7 +186,7 @@ class Batches:
             self.data, self.from_cache = dali.load_resident_dali(
                 files, image_size, crop, cache_root() / "decoded", device, workers, progress,
                 failed=self.undecodable)
-            self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start, self.shard)
+            self._it = epoch_batches_nhwc(self.data, batch_size, seed, start, self.shard)
         else:
             rank, world_size = self.shard
             self._it = dali.DaliStream(files, image_size, crop, batch_size // world_size, seed, device,

@@ -9,8 +9,8 @@ Two ways to feed training:
 
 * resident: every file decoded once into one uint8 tensor (N, H, W, 3) on the device (a CPU tensor
   without a GPU), cached as ``dali-<key>.npy`` so that the next run skips decoding. Batches are
-  gathered from it in the order of ``EpochBatches`` (like the Pillow loader), or drawn i.i.d. on the
-  device by ``ResidentSampler``, which can run inside a CUDA graph.
+  gathered from it in the order of ``EpochBatches`` (like the Pillow loader: ``order.py``), or drawn
+  i.i.d. on the device by ``ResidentSampler``, which can run inside a CUDA graph.
 * stream: ``DaliStream`` decodes batch after batch with ``fn.readers.file`` behind a
   ``DALIGenericIterator``, prefetched, in the ``EpochBatches`` order too (see its docstring for why
   that order rather than the reader's ``random_shuffle``).
@@ -49,13 +49,14 @@ import hashlib
 import itertools
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from fastwgan.data.archive import from_archive
-from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_files, default_workers,
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.pillow import (ImageFiles, cache_key, decode_files, default_workers,
                                   fill_from_next, hand_over, read_cache, warn_replaced, write_cache)
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
@@ -348,15 +349,6 @@ def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) ->
     x = batch.permute(0, 3, 1, 2).to(torch.float32)  # keeps the NHWC strides: channels_last
     x = x.div_(127.5).sub_(1.0)
     return x if dtype == torch.float32 else x.to(dtype)
-
-
-def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                       shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
-    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed
-    (``shard``: this rank's slice of each global batch of ``batch_size``)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
-        yield data[torch.tensor(idx, device=data.device)]
 
 
 class ResidentSampler:

@@ -1,6 +1,6 @@
 """The Pillow loaders: streaming batches from DataLoader workers, or the whole dataset decoded once.
 
-Both draw the same index sequence (``EpochBatches``: a fresh permutation per epoch from the seed),
+Both draw the same index sequence (``order.EpochBatches``: a fresh permutation per epoch from the seed),
 so they give identical batches for the same seed, and a run can continue from any batch number.
 Batches are uint8 (N, 3, H, W); ``to_training`` moves them to the device and scales to [-1, 1].
 """
@@ -19,48 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastwgan.data.files import DataError, default_workers, load_image
+from fastwgan.data.order import EpochBatches
 from fastwgan.runfolder import atomic_write
 
 CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
-
-
-class EpochBatches:
-    """Batch ``b`` (0, 1, 2, ... over all epochs) of a shuffle-per-epoch stream, from the seed alone.
-
-    Epoch ``e`` is ``randperm(n)`` from a generator seeded by (seed, e); the last incomplete batch
-    of an epoch is dropped. Being a pure function of the batch number, a resumed run continues
-    exactly where it stopped.
-
-    Several processes: ``batch_size`` is the global batch and ``shard = (rank, world_size)``
-    yields rank's equal slice of each global batch, so the ranks together draw the images one
-    process draws, step for step, and the batch number stays a global count (a run resumes at
-    the same images with any world size that divides the batch).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
-        if n < batch_size:
-            raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
-        rank, world_size = shard
-        if not 0 <= rank < world_size or batch_size % world_size:
-            raise ValueError(f"shard {rank} of {world_size} does not split a batch of {batch_size}")
-        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
-        self.per_epoch = n // batch_size
-        self.local = batch_size // world_size            # images per rank and batch
-        self.offset = rank * self.local                  # where this rank's slice starts
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, b = divmod(self.start, self.per_epoch)
-        while True:
-            perm = self._perm(epoch)
-            for i in range(b, self.per_epoch):
-                first = i * self.batch_size + self.offset
-                yield perm[first:first + self.local].tolist()
-            epoch, b = epoch + 1, 0
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -314,14 +276,6 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
         write_cache(path, arr, bad)
     hand_over(bad, len(files), failed)
     return arr, hit is not None
-
-
-def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming
-    (``shard``: this rank's slice of each global batch)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
-        yield data[torch.tensor(idx, device=data.device)]
 
 
 def to_training(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
