@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from fastwgan.data import Batches, DataError, Dataset, open_dataset
+from fastwgan.data.cache import cache_key
 from fastwgan.data.files import list_images, load_image, scan_images
 from fastwgan.data.order import EpochBatches
-from fastwgan.data.pillow import cache_key, load_resident
+from fastwgan.data.pillow import load_resident
 
 from oddfiles import make_good_folder, make_odd_folder
 

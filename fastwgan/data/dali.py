@@ -56,8 +56,9 @@ import torch
 
 from fastwgan.data.archive import from_archive
 from fastwgan.data.order import EpochBatches
-from fastwgan.data.pillow import (ImageFiles, cache_key, decode_files, default_workers,
-                                  fill_from_next, hand_over, read_cache, warn_replaced, write_cache)
+from fastwgan.data.cache import cache_key, read_cache, write_cache
+from fastwgan.data.pillow import (ImageFiles, decode_files, default_workers, fill_from_next, hand_over,
+                                  warn_replaced)
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
@@ -254,7 +255,7 @@ def _pillow_nhwc(files: Sequence[Path], indices: Sequence[int], image_size: int,
 # --- resident: decode once, keep on the device -------------------------------------------------
 
 def dali_cache_key(files: Sequence[Path], image_size: int, crop: Optional[int], device: torch.device) -> str:
-    """``pillow.cache_key`` in a namespace of its own: the DALI version and the decoder (nvJPEG and
+    """``cache.cache_key`` in a namespace of its own: the DALI version and the decoder (nvJPEG and
     libjpeg-turbo differ by a level here and there) are part of it, and the layout is NHWC."""
     base = cache_key(files, image_size, crop)
     tag = f"dali\0{dali_version()}\0{'mixed' if device.type == 'cuda' else 'cpu'}\0{base}"
