@@ -40,7 +40,7 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed, runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
 from fastwgan.data import Batches, DataError, open_dataset
-from fastwgan.data.pillow import undecodable_warning
+from fastwgan.data.undecodable import undecodable_warning
 from fastwgan.distributed import SINGLE, World
 from fastwgan.engine import ReferenceEngine
 from fastwgan.models import Critic, Generator

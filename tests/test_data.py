@@ -155,7 +155,7 @@ def test_odd_folder_trains_through_loader(tmp_path):
 
 
 def test_fill_from_next_is_cyclic_and_skips_bad_runs():
-    from fastwgan.data.pillow import fill_from_next
+    from fastwgan.data.undecodable import fill_from_next
 
     x = np.arange(6) * 10
     fill_from_next(x, [1, 2, 5])  # 1 and 2 take 3's image; the last takes the first's

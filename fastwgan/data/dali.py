@@ -55,10 +55,11 @@ import numpy as np
 import torch
 
 from fastwgan.data.archive import from_archive
-from fastwgan.data.order import EpochBatches
 from fastwgan.data.cache import cache_key, read_cache, write_cache
-from fastwgan.data.pillow import (ImageFiles, decode_files, default_workers, fill_from_next, hand_over,
-                                  warn_replaced)
+from fastwgan.data.files import default_workers
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.pillow import ImageFiles, decode_files
+from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset

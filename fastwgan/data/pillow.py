@@ -7,7 +7,6 @@ Batches are uint8 (N, 3, H, W); ``to_training`` moves them to the device and sca
 from __future__ import annotations
 
 import signal
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastwgan.data.cache import cache_key, read_cache, write_cache
 from fastwgan.data.files import DataError, default_workers, load_image
 from fastwgan.data.order import EpochBatches
+from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -62,11 +62,6 @@ class ImageFiles(Dataset):
 
 def _collate(items) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     return torch.stack([x for x, _ in items]), [f for _, fs in items for f in fs]
-
-
-def warn_replaced(path: str, why: str) -> None:
-    """What a loader says when it met a file that does not decode, and used the next image."""
-    warnings.warn(f"could not decode {path} ({why}); using the next image instead")
 
 
 def _warn_once(batches) -> Iterator[torch.Tensor]:
@@ -124,28 +119,6 @@ def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
     return out, bad
 
 
-def fill_from_next(images, bad: Sequence[int]) -> None:
-    """Replace each image at a ``bad`` index by the next good one, cyclically (as the stream
-    does): ``images`` is an array or tensor indexed by image first."""
-    bad_set = set(bad)
-    n = len(images)
-    if len(bad_set) >= n:
-        raise DataError(f"none of the {n} images could be decoded")
-    for i in sorted(bad_set):
-        k = (i + 1) % n
-        while k in bad_set:
-            k = (k + 1) % n
-        images[i] = images[k]
-
-
-def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
-    """One line for files that passed the scan but failed to decode (each replaced by the next)."""
-    shown = ", ".join(f"{Path(p).name} ({why})" for p, why in failed[:3])
-    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-    return (f"{len(failed)} of {n} image(s) could not be decoded and were replaced by the next "
-            f"image in the folder: {shown}{more}")
-
-
 def decode_files(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
                  progress: bool = False) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
     """Every file decoded with the training preprocessing: uint8 (N, 3, H, W), and the files that
@@ -187,15 +160,6 @@ def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers
     fill_from_next(out, [i for i, _, _ in bad])
     hand_over([(path, why) for _, path, why in bad], len(files), failed)
     return out
-
-
-def hand_over(bad: Sequence[tuple[str, str]], n: int, failed: list | None) -> None:
-    """Files of ``n`` that did not decode, as (path, reason): appended to ``failed`` when the
-    caller collects them, else warned about in one line."""
-    if failed is not None:
-        failed += bad
-    elif bad:
-        warnings.warn(undecodable_warning(bad, n))
 
 
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
