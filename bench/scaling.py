@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from fastwgan.config import Config
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
     from fastwgan.distributed import (all_reduce_mean_, exit_process, init_from_env,
                                       seed_device_rng, shutdown, split_batch)
     from fastwgan.fast import FastEngine

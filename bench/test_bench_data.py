@@ -13,9 +13,10 @@ one), and the resident sampler (a batch gathered and converted on the device; ba
 import pytest
 import torch
 
-from fastwgan.data.dali import DaliStream, ResidentSampler, dali_available, nhwc_to_training
+from fastwgan.data.dali import DaliStream, dali_available, nhwc_to_training
 from fastwgan.data.pillow import default_workers, stream_batches, to_training
 from fastwgan.data import open_dataset
+from fastwgan.data.sampler import ResidentSampler
 
 from conftest import device_name, synced
 

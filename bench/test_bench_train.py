@@ -30,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastwgan.config import Config
-from fastwgan.data.dali import ResidentSampler
+from fastwgan.data.sampler import ResidentSampler
 from fastwgan.engine import ReferenceEngine
 from fastwgan.fast import FastEngine
 from fastwgan.models import Critic, Generator

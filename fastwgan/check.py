@@ -329,7 +329,7 @@ def check_graphs(device: torch.device) -> str:
     of the iteration graph and of the step graphs (a warm-up phase), the same random draws."""
     if device.type != "cuda":
         raise Skip(f"{NO_GPU}: CUDA graphs need one")
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
     from fastwgan.fast import FastEngine
     from fastwgan.parity import assert_same_state, engine_pair
 
@@ -435,7 +435,7 @@ def bench(device: torch.device, seconds_per_row: float = 7.0) -> list[dict]:
     """Generator iterations per second of the eager fp32 reference and of the fast engine (with
     CUDA graphs, fp32 and bf16, on a GPU; eager with the twins on a CPU), same run, same sizes
     (64x64, batch 64 on a GPU; 32x32, width 16, batch 16 on a CPU), on random resident images."""
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
     from fastwgan.engine import ReferenceEngine
     from fastwgan.fast import FastEngine
     from fastwgan.models import Critic, Generator

@@ -19,11 +19,12 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip ins
 from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
                            resolve_mode)
 from fastwgan.data import dali
-from fastwgan.data.dali import (DaliStream, ResidentSampler, build_pipeline, dali_cache_key, decode_dali,
-                                load_resident_dali, nhwc_to_training)
+from fastwgan.data.dali import (DaliStream, build_pipeline, dali_cache_key, decode_dali, load_resident_dali,
+                                nhwc_to_training)
 from fastwgan.data.files import load_image
 from fastwgan.data.order import epoch_batches_nhwc
 from fastwgan.data.pillow import decode_all
+from fastwgan.data.sampler import ResidentSampler
 
 from oddfiles import make_good_folder, make_odd_folder, zip_folder
 

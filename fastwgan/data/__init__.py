@@ -23,6 +23,7 @@ from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
 from fastwgan.data.synthetic import default_cache_root as cache_root
 from fastwgan.data.order import epoch_batches_nhwc, resident_batches
 from fastwgan.data.pillow import load_resident, stream_batches, to_training
+from fastwgan.data.sampler import ResidentSampler
 
 __all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images",
            "cache_root", "resolve_backend", "resolve_mode"]
@@ -211,8 +212,6 @@ class Batches:
                 seed: Optional[int] = None):
         """A ``ResidentSampler`` over the decoded images (resident mode only): i.i.d. draws with
         the device's default generator unless ``seed`` is given (see its docstring)."""
-        from fastwgan.data.dali import ResidentSampler
-
         if self.data is None:
             raise RuntimeError("sampler() needs the resident mode (--data-mode resident)")
         # Pillow's (N, 3, H, W) data is given as its NHWC view: gathered as is, not copied.
