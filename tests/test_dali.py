@@ -16,11 +16,10 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
 
-from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
-                           resolve_mode)
+from fastwgan.data import Batches, DataError, open_dataset, resolve_backend, resolve_mode
 from fastwgan.data import dali
-from fastwgan.data.dali import (DaliStream, build_pipeline, dali_cache_key, decode_dali, load_resident_dali,
-                                nhwc_to_training)
+from fastwgan.data.batches import RESIDENT_MAX_BYTES, nhwc_to_training
+from fastwgan.data.dali import DaliStream, build_pipeline, dali_cache_key, decode_dali, load_resident_dali
 from fastwgan.data.files import load_image
 from fastwgan.data.order import epoch_batches_nhwc
 from fastwgan.data.pillow import decode_all

@@ -345,14 +345,6 @@ def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[in
     return data, hit is not None
 
 
-def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1], channels_last (the NHWC memory, no copy of
-    layout). The same float32 operations as ``pillow.to_training``, so the values are identical."""
-    x = batch.permute(0, 3, 1, 2).to(torch.float32)  # keeps the NHWC strides: channels_last
-    x = x.div_(127.5).sub_(1.0)
-    return x if dtype == torch.float32 else x.to(dtype)
-
-
 # --- stream --------------------------------------------------------------------------------------
 
 class DaliStream:

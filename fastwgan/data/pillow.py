@@ -1,8 +1,9 @@
 """The Pillow loaders: streaming batches from DataLoader workers, or the whole dataset decoded once.
 
-Both draw the same index sequence (``order.EpochBatches``: a fresh permutation per epoch from the seed),
-so they give identical batches for the same seed, and a run can continue from any batch number.
-Batches are uint8 (N, 3, H, W); ``to_training`` moves them to the device and scales to [-1, 1].
+Both draw the same index sequence (``order.EpochBatches``: a fresh permutation per epoch from the
+seed), so they give identical batches for the same seed, and a run can continue from any batch
+number. Batches are uint8 (N, 3, H, W); ``batches.to_training`` moves them to the device and scales
+to [-1, 1].
 """
 from __future__ import annotations
 
@@ -180,9 +181,3 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
         write_cache(path, arr, bad)
     hand_over(bad, len(files), failed)
     return arr, hit is not None
-
-
-def to_training(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 in [-1, 1] on ``device``."""
-    x = batch.to(device, non_blocking=True).float()
-    return x.div_(127.5).sub_(1.0)
