@@ -39,7 +39,7 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed, runfolder
 from fastwgan.config import Config, ConfigError, build_parser, config_from_args
-from fastwgan.data import Batches, DataError, open_dataset
+from fastwgan.data import Batches, BatchShare, DataError, open_dataset
 from fastwgan.data.undecodable import undecodable_warning
 from fastwgan.distributed import SINGLE, World
 from fastwgan.engine import ReferenceEngine
@@ -365,10 +365,11 @@ def _open_data(cfg: Config, device: torch.device, world: World, resume: Optional
         log(f"data: {len(dataset.files)} images under {dataset.root}")
     if dataset.warning():
         log(f"warning: {dataset.warning()}")
-    batches = Batches(dataset, cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, device,
+    batches = Batches(dataset, cfg.image_size, cfg.crop,
+                      BatchShare(cfg.batch_size, world.rank, world.world_size), cfg.seed, device,
                       mode=cfg.data_mode, workers=cfg.workers,
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
-                      backend=cfg.data_backend, shard=(world.rank, world.world_size))
+                      backend=cfg.data_backend)
     log(f"loader: {batches.describe()}")
     if batches.undecodable:
         log(f"warning: {undecodable_warning(batches.undecodable, len(dataset.files))}")

@@ -21,6 +21,7 @@ from fastwgan.data.files import DataError
 from fastwgan.data.order import epoch_batches_nhwc, resident_batches
 from fastwgan.data.pillow import load_resident, stream_batches
 from fastwgan.data.sampler import ResidentSampler
+from fastwgan.data.share import BatchShare, as_share
 from fastwgan.data.synthetic import default_cache_root as cache_root
 
 # Decoded datasets up to this size are kept in memory (CelebA at 64x64 is about 2.5 GB).
@@ -84,31 +85,31 @@ class Batches:
     In resident mode ``sampler()`` gives a ``ResidentSampler`` over the same decoded images: i.i.d.
     draws on the device, CUDA-graph safe, for the captured training loop.
 
-    Several processes (``shard = (rank, world_size)``): ``batch_size`` is the global batch; each
-    rank gets its slice of every global batch (``batch_size / world_size`` images), so the ranks
-    together consume the images one process consumes, and ``position`` stays the global batch
-    number. In resident mode every rank keeps the whole decoded dataset (the trainer has one
-    process per machine decode it into the cache first: ``distributed.machine_leader_first``):
-    its epoch-ordered batches are its slices, and its ``sampler()`` draws i.i.d. from all of it
-    with the rank's own device RNG.
+    Several processes (``batch_size`` a ``BatchShare(global_batch, rank, world_size)``; an int is
+    the batch of one process): each rank gets its slice of every global batch (``share.local``
+    images: ``batch_size`` here), so the ranks together consume the images one process consumes,
+    and ``position`` stays the global batch number. In resident mode every rank keeps the whole
+    decoded dataset (the trainer has one process per machine decode it into the cache first:
+    ``distributed.machine_leader_first``): its epoch-ordered batches are its slices, and its
+    ``sampler()`` draws i.i.d. from all of it with the rank's own device RNG.
     """
 
-    def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int], batch_size: int,
-                 seed: int, device: torch.device, mode: str = "auto", workers: int = -1,
-                 start: int = 0, progress: bool = False, backend: str = "auto",
-                 shard: tuple[int, int] = (0, 1)):
-        if len(dataset.files) < batch_size:
+    def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int],
+                 batch_size: int | BatchShare, seed: int, device: torch.device, mode: str = "auto",
+                 workers: int = -1, start: int = 0, progress: bool = False, backend: str = "auto"):
+        self.share = as_share(batch_size)
+        self.global_batch = self.share.global_batch
+        if len(dataset.files) < self.global_batch:
             raise DataError(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
-                            f"fewer than one batch of {batch_size}")
-        self.device, self.position, self.shard = device, start, shard
-        self.global_batch = batch_size
-        batch_size //= shard[1]  # this rank's images per batch
-        self.batch_size, self.from_cache, self.note, self.decoder = batch_size, False, "", ""
+                            f"fewer than one batch of {self.global_batch}")
+        self.device, self.position = device, start
+        # this rank's images per batch
+        self.batch_size, self.from_cache, self.note, self.decoder = self.share.local, False, "", ""
         self.data: Optional[torch.Tensor] = None  # resident mode: uint8 (N, H, W, 3) on device
         # resident mode: files that passed the scan but did not decode, each replaced by the next
         # one, as (path, reason); a stream warns as it meets them
         self.undecodable: list[tuple[str, str]] = []
-        args = (dataset.files, image_size, crop, self.global_batch, seed, device, mode, workers, start,
+        args = (dataset.files, image_size, crop, self.share, seed, device, mode, workers, start,
                 progress)
         self.backend = resolve_backend(backend)
         self.note = dali_missing_note(backend, self.backend, device)
@@ -128,7 +129,7 @@ class Batches:
         if from_archive(dataset.files):
             self.note = "; ".join(filter(None, (self.note, archive_note(self.backend))))
 
-    def _start_pillow(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
+    def _start_pillow(self, files, image_size, crop, share, seed, device, mode, workers, start,
                       progress) -> None:
         self.mode = resolve_mode(mode, len(files), image_size)
         if self.mode == "resident":
@@ -138,13 +139,13 @@ class Batches:
             if device.type == "cuda":
                 data = data.to(device)
             self.data = data.permute(0, 2, 3, 1)  # an NHWC view, for sampler()
-            self._it: Iterator[torch.Tensor] = resident_batches(data, batch_size, seed, start, self.shard)
+            self._it: Iterator[torch.Tensor] = resident_batches(data, share, seed, start)
         else:
-            self._it = stream_batches(files, image_size, crop, batch_size, seed, start,
-                                      workers, pin_memory=device.type == "cuda", shard=self.shard)
+            self._it = stream_batches(files, image_size, crop, share, seed, start,
+                                      workers, pin_memory=device.type == "cuda")
         self._convert = lambda batch: to_training(batch, self.device)
 
-    def _start_dali(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
+    def _start_dali(self, files, image_size, crop, share, seed, device, mode, workers, start,
                     progress) -> None:
         from fastwgan.data import dali
 
@@ -153,11 +154,9 @@ class Batches:
             self.data, self.from_cache = dali.load_resident_dali(
                 files, image_size, crop, cache_root() / "decoded", device, workers, progress,
                 failed=self.undecodable)
-            self._it = epoch_batches_nhwc(self.data, batch_size, seed, start, self.shard)
+            self._it = epoch_batches_nhwc(self.data, share, seed, start)
         else:
-            rank, world_size = self.shard
-            self._it = dali.DaliStream(files, image_size, crop, batch_size // world_size, seed, device,
-                                       start, workers, shard_id=rank, num_shards=world_size)
+            self._it = dali.DaliStream(files, image_size, crop, share, seed, device, start, workers)
         self._convert = nhwc_to_training
         self.decoder = dali.decoder_name(device)
 
@@ -167,7 +166,7 @@ class Batches:
         text = f"{self.mode}, decoded by {where}"
         if self.from_cache:
             text += " (decoded images from the cache)"
-        if self.shard[1] > 1:
+        if self.share.world_size > 1:
             text += (f"; {self.batch_size} images per process of each global batch of "
                      f"{self.global_batch}")
         if self.note:

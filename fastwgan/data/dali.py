@@ -59,6 +59,7 @@ from fastwgan.data.cache import cache_key, read_cache, write_cache
 from fastwgan.data.files import default_workers
 from fastwgan.data.order import EpochBatches
 from fastwgan.data.pillow import ImageFiles, decode_files
+from fastwgan.data.share import BatchShare, as_share
 from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
@@ -351,35 +352,34 @@ class DaliStream:
     """Batches decoded by DALI as they are needed: uint8 (B, H, W, 3) on ``device``, from batch
     ``start`` on, prefetched (``PREFETCH`` batches ahead).
 
-    Order: global batch ``g`` is batch ``g`` of ``EpochBatches(n, batch_size * num_shards, seed)``
-    (a fresh permutation per epoch, last incomplete batch dropped) and shard ``shard_id`` takes its
-    ``shard_id``-th slice of ``batch_size``. With one shard this is exactly the Pillow loader's
-    order, so the two backends see the same images batch for batch and a run resumes exactly at
-    batch ``start`` (nothing decoded to skip). The reader (for a zip's members, the external
-    source) gets that order as its file list, in chunks of at least one epoch (``MIN_CHUNK_STEPS``
-    batches for small sets), one pipeline per chunk: a short stall at each chunk boundary (the
-    pipeline build, milliseconds on a CPU).
+    Order: global batch ``g`` is batch ``g`` of ``EpochBatches(n, share.global_batch, seed)``
+    (a fresh permutation per epoch, last incomplete batch dropped) and rank ``share.rank`` takes its
+    slice of ``share.local`` images (``batch_size``: a ``BatchShare``, or an int for one process).
+    With one process this is exactly the Pillow loader's order, so the two backends see the same
+    images batch for batch and a run resumes exactly at batch ``start`` (nothing decoded to skip).
+    The reader (for a zip's members, the external source) gets that order as its file list, in
+    chunks of at least one epoch (``MIN_CHUNK_STEPS`` batches for small sets), one pipeline per
+    chunk: a short stall at each chunk boundary (the pipeline build, milliseconds on a CPU).
 
     Why not ``fn.readers.file(random_shuffle=True, seed=...)``: it shuffles within a buffer of
     ``initial_fill`` (1024) samples, not a permutation of the epoch, and its order cannot be
     recomputed from a batch number, so a resumed run could only restart near an epoch boundary.
     Likewise the reader's own ``shard_id/num_shards`` split the list into contiguous blocks; here
-    each shard gets its slice of every global batch (disjoint, reshuffled every epoch), and the
-    reader is given shard 0 of 1 of the shard's own list.
+    each rank gets its slice of every global batch (disjoint, reshuffled every epoch), and the
+    reader is given shard 0 of 1 of the rank's own list.
 
     A batch DALI cannot decode (a file that passed ``scan_images`` but is not decodable) is decoded
     by the Pillow loader instead, with a warning, and a new pipeline continues after it.
     """
 
-    def __init__(self, files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
-                 seed: int, device: torch.device, start: int = 0, workers: int = -1,
-                 shard_id: int = 0, num_shards: int = 1, prefetch: int = PREFETCH):
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards})")
+    def __init__(self, files: Sequence[Path], image_size: int, crop: Optional[int],
+                 batch_size: int | BatchShare, seed: int, device: torch.device, start: int = 0,
+                 workers: int = -1, prefetch: int = PREFETCH):
+        share = as_share(batch_size)
         self.files, self.image_size, self.crop = list(files), image_size, crop
-        self.batch_size, self.device, self.workers, self.prefetch = batch_size, device, workers, prefetch
-        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
-        self.order = EpochBatches(len(self.files), batch_size * num_shards, seed, start)
+        self.batch_size, self.device, self.workers, self.prefetch = share.local, device, workers, prefetch
+        self.share, self.seed = share, seed
+        self.order = EpochBatches(len(self.files), share.global_batch, seed, start)
         self._order = iter(self.order)
         self.chunk_steps = max(self.order.per_epoch, MIN_CHUNK_STEPS)
         self.step = start                 # the global batch number of the next batch
@@ -391,8 +391,8 @@ class DaliStream:
         self._pipe = self._build()
 
     def _local(self, global_idx: list[int]) -> list[int]:
-        b = self.batch_size
-        return global_idx[self.shard_id * b:(self.shard_id + 1) * b]
+        first = self.share.offset
+        return global_idx[first:first + self.batch_size]
 
     def _build(self):
         """A pipeline over the pending batches (the next chunk of them when none is pending)."""

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import torch
 
+from fastwgan.data.share import BatchShare, as_share
+
 
 class EpochBatches:
     """Batch ``b`` (0, 1, 2, ... over all epochs) of a shuffle-per-epoch stream, from the seed alone.
@@ -19,23 +21,21 @@ class EpochBatches:
     of an epoch is dropped. Being a pure function of the batch number, a resumed run continues
     exactly where it stopped.
 
-    Several processes: ``batch_size`` is the global batch and ``shard = (rank, world_size)``
-    yields rank's equal slice of each global batch, so the ranks together draw the images one
-    process draws, step for step, and the batch number stays a global count (a run resumes at
-    the same images with any world size that divides the batch).
+    Several processes: ``batch_size`` is a ``BatchShare`` of the global batch (an int: the whole
+    batch of one process) and yields the rank's equal slice of each global batch, so the ranks
+    together draw the images one process draws, step for step, and the batch number stays a
+    global count (a run resumes at the same images with any world size that divides the batch).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
+    def __init__(self, n: int, batch_size: int | BatchShare, seed: int, start: int = 0):
+        share = as_share(batch_size)
+        batch_size = share.global_batch
         if n < batch_size:
             raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
-        rank, world_size = shard
-        if not 0 <= rank < world_size or batch_size % world_size:
-            raise ValueError(f"shard {rank} of {world_size} does not split a batch of {batch_size}")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.per_epoch = n // batch_size
-        self.local = batch_size // world_size            # images per rank and batch
-        self.offset = rank * self.local                  # where this rank's slice starts
+        self.local = share.local                         # images per rank and batch
+        self.offset = share.offset                       # where this rank's slice starts
 
     def _perm(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -51,18 +51,18 @@ class EpochBatches:
             epoch, b = epoch + 1, 0
 
 
-def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+def resident_batches(data: torch.Tensor, batch_size: int | BatchShare, seed: int,
+                     start: int = 0) -> Iterator[torch.Tensor]:
     """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming
-    (``shard``: this rank's slice of each global batch)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
+    (a ``BatchShare``: this rank's slice of each global batch)."""
+    for idx in EpochBatches(len(data), batch_size, seed, start):
         yield data[torch.tensor(idx, device=data.device)]
 
 
-def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                       shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+def epoch_batches_nhwc(data: torch.Tensor, batch_size: int | BatchShare, seed: int,
+                       start: int = 0) -> Iterator[torch.Tensor]:
     """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
     ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed
-    (``shard``: this rank's slice of each global batch of ``batch_size``)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
+    (a ``BatchShare``: this rank's slice of each global batch)."""
+    for idx in EpochBatches(len(data), batch_size, seed, start):
         yield data[torch.tensor(idx, device=data.device)]

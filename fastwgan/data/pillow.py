@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastwgan.data.cache import cache_key, read_cache, write_cache
 from fastwgan.data.files import DataError, default_workers, load_image
 from fastwgan.data.order import EpochBatches
+from fastwgan.data.share import BatchShare
 from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 
@@ -82,15 +83,15 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, batch_size: int,
-                   seed: int, start: int = 0, workers: int = -1, pin_memory: bool = False,
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+def stream_batches(files: Sequence[Path], image_size: int, crop: int | None,
+                   batch_size: int | BatchShare, seed: int, start: int = 0, workers: int = -1,
+                   pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """Batches decoded by DataLoader worker processes, starting at batch number ``start``
-    (``shard``: this rank's slice of each global batch of ``batch_size``, see ``EpochBatches``)."""
+    (a ``BatchShare``: this rank's slice of each global batch, see ``EpochBatches``)."""
     workers = default_workers() if workers < 0 else workers
     loader = DataLoader(
         ImageFiles(files, image_size, crop),
-        batch_sampler=EpochBatches(len(files), batch_size, seed, start, shard),
+        batch_sampler=EpochBatches(len(files), batch_size, seed, start),
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=pin_memory,
