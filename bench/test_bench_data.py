@@ -13,9 +13,12 @@ one), and the resident sampler (a batch gathered and converted on the device; ba
 import pytest
 import torch
 
-from fastwgan.data.dali import DaliStream, ResidentSampler, dali_available, nhwc_to_training
-from fastwgan.data.pillow import default_workers, stream_batches, to_training
 from fastwgan.data import open_dataset
+from fastwgan.data.batches import nhwc_to_training, to_training
+from fastwgan.data.dali import DaliStream, dali_available
+from fastwgan.data.files import default_workers
+from fastwgan.data.pillow import stream_batches
+from fastwgan.data.sampler import ResidentSampler
 
 from conftest import device_name, synced
 

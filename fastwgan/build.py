@@ -55,7 +55,8 @@ def build_engine(cfg, G: nn.Module, D: nn.Module, source, device: torch.device,
     Triton on CUDA, the twins elsewhere) are its own. ``world``: this process's place among
     several (``cfg.sync_bn`` applies there)."""
     backend = backend or resolve_backend(cfg, device)
-    kw = dict(world=world, sync_bn=cfg.sync_bn)
+    # a Batches carries this process's share of the batch, computed once by the run
+    kw = dict(world=world, sync_bn=cfg.sync_bn, share=getattr(source, "share", None))
     if backend == "reference":
         return ReferenceEngine(cfg, G, D, source, device, amp_dtype, **kw)
     if backend != "fast":

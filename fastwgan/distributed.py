@@ -54,6 +54,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fastwgan.data.share import BatchShare, BatchSplitError  # noqa: F401 (BatchSplitError: re-exported for the trainer)
+
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 # how long the other processes of a machine wait for its first one to generate or decode the data
 LEADER_WAIT = timedelta(hours=2)
@@ -177,21 +179,10 @@ def restart_count(environ: Mapping[str, str] = os.environ) -> int:
 
 # --- the batch and the random streams -----------------------------------------------------------
 
-class BatchSplitError(ValueError):
-    """The global batch does not divide into equal shares (a usage error: one line, exit 2)."""
-
-
 def split_batch(global_batch: int, world_size: int) -> int:
-    """Each rank's share of ``--batch-size``; a one-line error naming the nearest valid sizes."""
-    if world_size < 1:
-        raise ValueError(f"world size must be at least 1 (got {world_size})")
-    if global_batch % world_size == 0 and global_batch >= world_size:
-        return global_batch // world_size
-    below = global_batch // world_size * world_size
-    above = below + world_size
-    nearest = " or ".join(str(b) for b in (below, above) if b >= world_size)
-    raise BatchSplitError(f"--batch-size {global_batch} does not split over {world_size} "
-                          f"processes: use a multiple of {world_size}, e.g. {nearest}")
+    """Each rank's share of ``--batch-size``; a one-line error naming the nearest valid sizes
+    (``BatchSplitError``: see ``BatchShare``)."""
+    return BatchShare(global_batch, 0, world_size).local
 
 
 def rank_seed(seed: int, rank: int) -> int:

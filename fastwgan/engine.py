@@ -8,7 +8,7 @@ is the same for every engine; the fast engine (fastwgan.fast) replays the same p
 graphs.
 
 Several processes: an engine built with a ``World`` of more than one rank trains data-parallel.
-Each rank takes its share of the global batch (``split_batch``) and its own z; the gradients are
+Each rank takes its share of the global batch (``BatchShare``) and its own z; the gradients are
 averaged over the ranks before every update (here by torch's DistributedDataParallel, in the
 fast engine by one all-reduce of each optimizer's flat gradient buffer). See
 fastwgan.distributed.
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
-from fastwgan.distributed import SINGLE, World, broadcast_, split_batch
+from fastwgan.data.share import BatchShare
+from fastwgan.distributed import SINGLE, World, broadcast_
 from fastwgan.losses import LOSSES
 from fastwgan.steps import StepConfig, clip_weights_, make_optimizers
 
@@ -37,10 +38,13 @@ class Engine:
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, source: Iterator[torch.Tensor],
                  device: torch.device, step_cfg: StepConfig, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer, world: World = SINGLE):
+                 opt_d: torch.optim.Optimizer, world: World = SINGLE,
+                 share: Optional[BatchShare] = None):
         self.G, self.D, self.source, self.device = G, D, source, device
         self.world = world
-        self.batch_size, self.nz = split_batch(cfg.batch_size, world.world_size), cfg.nz  # per rank
+        # this rank's images per step: its share of the global batch, as its source draws them
+        share = share or BatchShare(cfg.batch_size, world.rank, world.world_size)
+        self.batch_size, self.nz = share.local, cfg.nz
         self.step_cfg, self.opt_g, self.opt_d = step_cfg, opt_g, opt_d
         self.loss = LOSSES[cfg.loss]
         self.sums = torch.zeros(len(self.loss.sums), device=device)
@@ -138,11 +142,11 @@ class ReferenceEngine(Engine):
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, batches: Iterator[torch.Tensor],
                  device: torch.device, amp_dtype: Optional[torch.dtype], world: World = SINGLE,
-                 sync_bn: bool = False):
+                 sync_bn: bool = False, share: Optional[BatchShare] = None):
         loss = LOSSES[cfg.loss]
         opt_g, opt_d = make_optimizers(G, D, loss.optimizer, cfg.learning_rate, cfg.adam_betas)
         step_cfg = StepConfig(cfg.clip if loss.clips else None, amp_dtype, gp_weight=cfg.gp_weight)
-        super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d, world)
+        super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d, world, share)
         self.clip_critic_at_build(cfg)
         self.sync_bn = sync_bn and world.distributed
         if world.distributed:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from fastwgan.config import Config
+from fastwgan.data.share import BatchShare
 from fastwgan.distributed import (SINGLE, World, all_reduce_grads_mean_, all_reduce_mean_,
                                   broadcast_module_)
 from fastwgan.engine import Engine
@@ -154,7 +155,7 @@ class FastEngine(Engine):
 
     def __init__(self, cfg: Config, G: nn.Module, D: nn.Module, sampler, device: torch.device,
                  amp_dtype: Optional[torch.dtype], graphs: bool = True, impl: Optional[str] = None,
-                 world: World = SINGLE, sync_bn: bool = False):
+                 world: World = SINGLE, sync_bn: bool = False, share: Optional[BatchShare] = None):
         self.cfg = cfg
         self.impl = impl or kernels_impl(device)
         self.sync_bn = sync_bn and world.distributed
@@ -176,7 +177,7 @@ class FastEngine(Engine):
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
         step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
-        super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world)
+        super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world, share)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"
         # A sampler that draws on the device (ResidentSampler: ``draw``) is captured with the step;

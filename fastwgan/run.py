@@ -27,8 +27,9 @@ from fastwgan import build
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import atomic, distributed
 from fastwgan.config import Config, ConfigError
-from fastwgan.data import Batches, open_dataset
-from fastwgan.data.pillow import undecodable_warning
+from fastwgan.data import Batches, BatchShare, open_dataset
+from fastwgan.data.share import BatchSplitError
+from fastwgan.data.undecodable import undecodable_warning
 from fastwgan.device import amp_dtype, device_label, resolve_device, set_threads
 from fastwgan.distributed import World
 from fastwgan.loop import StartPoint, TrainingLoop
@@ -136,8 +137,8 @@ def prepare_process(cfg: Config, world: World, log):
     dtype = amp_dtype(cfg, world.device, log)
     threads = set_threads(cfg.threads)
     try:
-        share = distributed.split_batch(cfg.batch_size, world.world_size)
-    except distributed.BatchSplitError as e:
+        share = BatchShare(cfg.batch_size, world.rank, world.world_size)
+    except BatchSplitError as e:
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -164,7 +165,7 @@ def log_start(cfg: Config, world: World, engine, dtype, threads: int, batches: B
         log("note: training the full recipe on a CPU takes days; --preset cpu shows faces in minutes")
 
 
-def setup_data(cfg: Config, share, world: World, resume: Optional[dict], log):
+def setup_data(cfg: Config, share: BatchShare, world: World, resume: Optional[dict], log):
     """The dataset and this rank's batches (its share of each global batch), from the resume
     point on. With several processes, each machine's first one goes first: it generates the
     built-in faces or decodes the resident set into the cache, and the others read the cache."""
@@ -172,7 +173,7 @@ def setup_data(cfg: Config, share, world: World, resume: Optional[dict], log):
                                             world)
 
 
-def _open_data(cfg: Config, share, world: World, resume: Optional[dict], log):
+def _open_data(cfg: Config, share: BatchShare, world: World, resume: Optional[dict], log):
     dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     if dataset.synthetic:
         log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
@@ -181,10 +182,10 @@ def _open_data(cfg: Config, share, world: World, resume: Optional[dict], log):
         log(f"data: {len(dataset.files)} images under {dataset.root}")
     if dataset.warning():
         log(f"warning: {dataset.warning()}")
-    batches = Batches(dataset, cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, world.device,
+    batches = Batches(dataset, cfg.image_size, cfg.crop, share, cfg.seed, world.device,
                       mode=cfg.data_mode, workers=cfg.workers,
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
-                      backend=cfg.data_backend, shard=(world.rank, world.world_size))
+                      backend=cfg.data_backend)
     log(f"loader: {batches.describe()}")
     if batches.undecodable:
         log(f"warning: {undecodable_warning(batches.undecodable, len(dataset.files))}")

@@ -16,13 +16,15 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastwgan[dali]')")
 
-from fastwgan.data import (RESIDENT_MAX_BYTES, Batches, DataError, open_dataset, resolve_backend,
-                           resolve_mode)
+from fastwgan.data import Batches, DataError, open_dataset, resolve_backend, resolve_mode
 from fastwgan.data import dali
-from fastwgan.data.dali import (DaliStream, ResidentSampler, build_pipeline, dali_cache_key, decode_dali,
-                                epoch_batches_nhwc, load_resident_dali, nhwc_to_training)
+from fastwgan.data.batches import RESIDENT_MAX_BYTES, nhwc_to_training
+from fastwgan.data.dali import DaliStream, build_pipeline, dali_cache_key, decode_dali, load_resident_dali
 from fastwgan.data.files import load_image
+from fastwgan.data.order import epoch_batches_nhwc
 from fastwgan.data.pillow import decode_all
+from fastwgan.data.sampler import ResidentSampler
+from fastwgan.data.share import BatchShare
 
 from oddfiles import make_good_folder, make_odd_folder, zip_folder
 
@@ -173,12 +175,12 @@ def test_shards_take_disjoint_slices_of_global_batches(tmp_path):
     files = make_good_folder(tmp_path / "d", n=12)
     data = decode_dali(files, 16, None, CPU)
     whole = epoch_batches_nhwc(data, 6, seed=1)  # global batches of 2 shards x 3
-    shards = [DaliStream(files, 16, None, 3, 1, CPU, shard_id=r, num_shards=2, workers=1) for r in range(2)]
+    shards = [DaliStream(files, 16, None, BatchShare(6, r, 2), 1, CPU, workers=1) for r in range(2)]
     for _ in range(5):
         g = next(whole)
         assert torch.equal(torch.cat([next(s) for s in shards]), g)
     with pytest.raises(ValueError):
-        DaliStream(files, 16, None, 3, 1, CPU, shard_id=2, num_shards=2)
+        DaliStream(files, 16, None, BatchShare(6, 2, 2), 1, CPU)
 
 
 def test_auto_picks_dali_and_says_so(tmp_path):

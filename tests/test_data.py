@@ -7,8 +7,11 @@ import torch
 from PIL import Image
 
 from fastwgan.data import Batches, DataError, Dataset, open_dataset
+from fastwgan.data.cache import cache_key
 from fastwgan.data.files import list_images, load_image, scan_images
-from fastwgan.data.pillow import EpochBatches, cache_key, load_resident
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.pillow import load_resident
+from fastwgan.data.share import BatchShare
 
 from oddfiles import make_good_folder, make_odd_folder
 
@@ -82,21 +85,21 @@ def test_epoch_batches_shuffle_per_epoch_and_resume():
 
 def test_epoch_batches_shards_make_up_the_global_batch():
     whole = iter(EpochBatches(10, 4, seed=5, start=1))
-    shards = [iter(EpochBatches(10, 4, seed=5, start=1, shard=(r, 2))) for r in range(2)]
+    shards = [iter(EpochBatches(10, BatchShare(4, r, 2), seed=5, start=1)) for r in range(2)]
     for _ in range(5):  # crosses epoch boundaries (2 batches of 4 per epoch of 10)
         assert next(shards[0]) + next(shards[1]) == next(whole)
     with pytest.raises(ValueError, match="does not split"):
-        EpochBatches(10, 4, seed=5, shard=(0, 3))
+        EpochBatches(10, BatchShare(4, 0, 3), seed=5)
 
 
 @pytest.mark.parametrize("mode", ["stream", "resident"])
 def test_ranks_of_a_sharded_loader_draw_the_single_process_batches(tmp_path, mode):
     make_good_folder(tmp_path / "d", n=10)
     ds = open_dataset(str(tmp_path / "d"))
-    kw = dict(image_size=16, crop=None, batch_size=4, seed=3, device=torch.device("cpu"),
+    kw = dict(image_size=16, crop=None, seed=3, device=torch.device("cpu"),
               backend="pillow", mode=mode, workers=0, start=1)
-    one = Batches(ds, **kw)
-    ranks = [Batches(ds, shard=(r, 2), **kw) for r in range(2)]
+    one = Batches(ds, batch_size=4, **kw)
+    ranks = [Batches(ds, batch_size=BatchShare(4, r, 2), **kw) for r in range(2)]
     assert ranks[0].batch_size == 2 and "2 images per process" in ranks[1].describe()
     for _ in range(4):
         assert torch.equal(torch.cat([next(r) for r in ranks]), next(one))
@@ -153,7 +156,7 @@ def test_odd_folder_trains_through_loader(tmp_path):
 
 
 def test_fill_from_next_is_cyclic_and_skips_bad_runs():
-    from fastwgan.data.pillow import fill_from_next
+    from fastwgan.data.undecodable import fill_from_next
 
     x = np.arange(6) * 10
     fill_from_next(x, [1, 2, 5])  # 1 and 2 take 3's image; the last takes the first's

@@ -116,7 +116,7 @@ def test_graph_bookkeeping_on_cpu(monkeypatch, feed, loss):
     """Warm-up, capture, which graph replays when, and the static input buffer of a host-fed
     stream, with recorded graphs on CPU: the result must equal the eager engine's, bit for bit."""
     from fastwgan import fast
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
     # wgan-gp and hinge at their default, no warm-up phases
@@ -207,7 +207,7 @@ def test_captured_steps_do_not_sync_with_the_host(monkeypatch, impl):
     device) but not on a CPU, where it reads the step count back; the GPU tests capture it.
     """
     from fastwgan import fast
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     def guarded(fn, **_):
         def run():
@@ -245,7 +245,7 @@ def test_graph_replay_equals_eager(feed, loss):
     iteration graph (a device sampler: the real batch and z drawn inside it) or of the step graphs
     (a host stream copied into the static buffer), and a warm-up phase replayed step by step. A
     replay draws the same random numbers as eager code from the same generator state."""
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     cfg = gpu_cfg(loss=loss, lr=5e-5 if loss == "wgan" else 2e-4)
     (G, D), (G2, D2) = pair(cfg, "cuda")
@@ -381,7 +381,7 @@ def test_graphs_share_one_pool_and_register_a_seeded_samplers_generator(monkeypa
     registered (else its replays would repeat the same draw), and all graphs capture into one
     memory pool. Recorded graphs on CPU; the replays equal the eager engine's, bit for bit."""
     from fastwgan import fast
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     pool = object()
     monkeypatch.setattr(fast, "capture_graph", RecordedGraph)
@@ -410,7 +410,7 @@ def test_graphs_share_one_pool_and_register_a_seeded_samplers_generator(monkeypa
 
 def test_seeded_sampler_without_generator_registration_is_refused(monkeypatch):
     from fastwgan import fast
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     class OldGraph:  # a torch whose CUDAGraph cannot register generators
         pass
@@ -426,7 +426,7 @@ def test_seeded_sampler_without_generator_registration_is_refused(monkeypatch):
 def test_graph_replay_with_a_seeded_sampler_equals_eager():
     """A seeded sampler in the captured iteration: each replay draws new indices from its
     generator, as the eager engine does with the same seed."""
-    from fastwgan.data.dali import ResidentSampler
+    from fastwgan.data.sampler import ResidentSampler
 
     cfg = gpu_cfg()
     (G, D), (G2, D2) = pair(cfg, "cuda")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fastwgan import device, sample, train
 from fastwgan.config import Config
-from fastwgan.data import dali_missing_note
+from fastwgan.data.batches import dali_missing_note
 
 from tiny import run
 

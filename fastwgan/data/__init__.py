@@ -1,249 +1,31 @@
 """Data for training and evaluation: which files, how they are decoded, how batches are drawn.
 
-``open_dataset`` finds and validates the files (or prepares the built-in synthetic set),
-``Batches`` yields training batches on the device and counts them so that a run resumes at the
-same batch, ``load_real_images`` gives a fixed sample of real images for evaluation.
+Which module holds what:
 
-Two backends decode: ``pillow`` (DataLoader worker processes, ``fastwgan.data.pillow``, the
-reference) and ``dali`` (NVIDIA DALI, on the GPU where there is one, ``fastwgan.data.dali``). Both
-give the same batches in the same order for a seed, up to the resampling differences measured in
-tests/test_dali.py.
+* ``dataset.py``: ``open_dataset`` finds and validates the files (or prepares the built-in
+  synthetic set, ``synthetic.py``); ``sample_images``/``load_real_images``, a fixed sample of real
+  images for evaluation.
+* ``files.py``, ``archive.py``: listing, scanning and decoding image files (the Pillow decode every
+  loader is checked against), in a folder or a zip; ``DataError``.
+* ``batches.py``: ``Batches``, the training batch stream on the device (the resume point counted),
+  the choice of decoder and mode (``resolve_backend``, ``resolve_mode``), and the conversion of a
+  loader's uint8 batch to training floats.
+* ``share.py``: ``BatchShare``, each process's share of the global batch (computed and checked
+  once).
+* ``order.py``: ``EpochBatches``, the order of the batches every loader follows, and the batches
+  of a resident dataset in that order.
+* ``pillow.py``, ``dali.py``: the two loaders (streaming, or the whole set decoded once).
+* ``sampler.py``: ``ResidentSampler``, i.i.d. batches drawn on the device for the captured loop.
+* ``cache.py``: the decoded-dataset cache; ``undecodable.py``: files that pass the scan but do not
+  decode.
+
+The package re-exports the names most callers need (``__all__``).
 """
-from __future__ import annotations
-
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional
-
-import torch
-
-from fastwgan.data.archive import archive_note, from_archive, is_zip, scan_zip
-from fastwgan.data.files import DEFAULT_MAX_PIXELS, DataError, Scan, scan_images
+from fastwgan.data.batches import Batches, resolve_backend, resolve_mode
+from fastwgan.data.dataset import Dataset, load_real_images, open_dataset, sample_images
+from fastwgan.data.files import DataError
+from fastwgan.data.share import BatchShare
 from fastwgan.data.synthetic import default_cache_root as cache_root
-from fastwgan.data.pillow import load_resident, resident_batches, stream_batches, to_training
 
-__all__ = ["DataError", "Dataset", "Batches", "open_dataset", "load_real_images", "sample_images",
-           "cache_root", "resolve_backend", "resolve_mode"]
-
-# Decoded datasets up to this size are kept in memory (CelebA at 64x64 is about 2.5 GB).
-RESIDENT_MAX_BYTES = 3 << 30
-# DALI on a GPU keeps the decoded dataset in GPU memory when it takes at most this fraction of
-# the free memory (CelebA at 64x64: 2.5 GB of an H100's 80; at 128x128: 10 GB).
-RESIDENT_GPU_FRACTION = 0.25
-
-
-@dataclass
-class Dataset:
-    """The usable image files of a run, and where they came from."""
-
-    root: Path
-    files: list[Path]
-    synthetic: bool
-    bad: list[tuple[Path, str]] = field(default_factory=list)
-
-    def warning(self) -> Optional[str]:
-        return Scan(self.root, self.files, self.bad).warning()
-
-
-def open_dataset(data_dir: Optional[str], log=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
-    """The files under ``data_dir``, or the built-in synthetic faces when it is None (generated on
-    first use, about half a minute: ``log`` is told before). Files whose header claims more than
-    ``max_pixels`` are left out (``bad``) before any backend decodes them."""
-    if data_dir is None:
-        from fastwgan.data.synthetic import ensure_synthetic_dataset, synthetic_dataset_ready
-
-        if log is not None and not synthetic_dataset_ready(cache_root()):
-            log(f"data: generating the built-in synthetic faces into {cache_root()} (once, under a minute)")
-        root = ensure_synthetic_dataset(cache_root())
-        scan = scan_images(root)
-        return Dataset(root, scan.files, True, scan.bad)
-    scan = scan_zip(data_dir, max_pixels) if is_zip(data_dir) else scan_images(data_dir, max_pixels)
-    return Dataset(scan.root, scan.files, False, scan.bad)
-
-
-def resolve_backend(backend: str) -> str:
-    """"dali" or "pillow" for ``--data-backend`` (auto: DALI when it imports)."""
-    from fastwgan.data.dali import dali_available
-
-    if backend == "auto":
-        return "dali" if dali_available() else "pillow"
-    if backend == "dali" and not dali_available():
-        raise DataError(f"--data-backend dali: NVIDIA DALI is not installed ({DALI_INSTALL}, "
-                        "or pip install nvidia-dali-cuda120 for a CUDA 12 driver)")
-    if backend not in ("dali", "pillow"):
-        raise ValueError(f"unknown data backend {backend!r}")
-    return backend
-
-
-DALI_INSTALL = "pip install 'fastwgan[dali]'"
-
-
-def dali_missing_note(requested: str, resolved: str, device: torch.device) -> str:
-    """What the log says when a CUDA run decodes with Pillow because DALI is not installed (an
-    extra since it weighs about 0.6 GB): empty otherwise."""
-    if requested == "auto" and resolved == "pillow" and device.type == "cuda":
-        return f"NVIDIA DALI is not installed, so JPEGs are decoded by Pillow on the CPU; for GPU decoding: {DALI_INSTALL}"
-    return ""
-
-
-def resolve_mode(mode: str, n_images: int, image_size: int, backend: str = "pillow",
-                 device: Optional[torch.device] = None) -> str:
-    """"resident" or "stream" for ``--data-mode`` (auto: resident when the decoded set is small).
-
-    Small means at most ``RESIDENT_MAX_BYTES`` of host memory, or for DALI on a GPU (which decodes
-    straight into GPU memory) at most ``RESIDENT_GPU_FRACTION`` of the free GPU memory.
-    """
-    if mode != "auto":
-        return mode
-    nbytes = n_images * 3 * image_size * image_size
-    if backend == "dali" and device is not None and device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return "resident" if nbytes <= RESIDENT_GPU_FRACTION * free else "stream"
-    return "resident" if nbytes <= RESIDENT_MAX_BYTES else "stream"
-
-
-class Batches:
-    """Training batches, float32 in [-1, 1] (N, 3, H, W) on ``device``, from batch ``start`` on.
-
-    ``position`` counts the batches drawn since the start of training (the resume point): both
-    backends, in both modes, follow the ``EpochBatches`` order, so a run resumes exactly at batch
-    ``start``. ``backend`` ("auto", "dali", "pillow") picks the decoder; with "auto", DALI when it
-    imports, and the Pillow loader if DALI then fails to start (the reason is in ``describe()``).
-    DALI batches are channels_last in memory (the NHWC decode, not copied); Pillow's are
-    contiguous.
-
-    In resident mode ``sampler()`` gives a ``ResidentSampler`` over the same decoded images: i.i.d.
-    draws on the device, CUDA-graph safe, for the captured training loop.
-
-    Several processes (``shard = (rank, world_size)``): ``batch_size`` is the global batch; each
-    rank gets its slice of every global batch (``batch_size / world_size`` images), so the ranks
-    together consume the images one process consumes, and ``position`` stays the global batch
-    number. In resident mode every rank keeps the whole decoded dataset (the trainer has one
-    process per machine decode it into the cache first: ``distributed.machine_leader_first``):
-    its epoch-ordered batches are its slices, and its ``sampler()`` draws i.i.d. from all of it
-    with the rank's own device RNG.
-    """
-
-    def __init__(self, dataset: Dataset, image_size: int, crop: Optional[int], batch_size: int,
-                 seed: int, device: torch.device, mode: str = "auto", workers: int = -1,
-                 start: int = 0, progress: bool = False, backend: str = "auto",
-                 shard: tuple[int, int] = (0, 1)):
-        if len(dataset.files) < batch_size:
-            raise DataError(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
-                            f"fewer than one batch of {batch_size}")
-        self.device, self.position, self.shard = device, start, shard
-        self.global_batch = batch_size
-        batch_size //= shard[1]  # this rank's images per batch
-        self.batch_size, self.from_cache, self.note, self.decoder = batch_size, False, "", ""
-        self.data: Optional[torch.Tensor] = None  # resident mode: uint8 (N, H, W, 3) on device
-        # resident mode: files that passed the scan but did not decode, each replaced by the next
-        # one, as (path, reason); a stream warns as it meets them
-        self.undecodable: list[tuple[str, str]] = []
-        args = (dataset.files, image_size, crop, self.global_batch, seed, device, mode, workers, start,
-                progress)
-        self.backend = resolve_backend(backend)
-        self.note = dali_missing_note(backend, self.backend, device)
-        if self.backend == "dali":
-            try:
-                self._start_dali(*args)
-            except Exception as e:  # e.g. a DALI build for a newer CUDA driver than this machine's
-                if backend != "auto":
-                    raise
-                from fastwgan.data.dali import error_reason
-
-                self.note = f"DALI failed to start ({error_reason(e)}), using Pillow"
-                self.backend = "pillow"
-                self.undecodable = []
-        if self.backend == "pillow":
-            self._start_pillow(*args)
-        if from_archive(dataset.files):
-            self.note = "; ".join(filter(None, (self.note, archive_note(self.backend))))
-
-    def _start_pillow(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
-                      progress) -> None:
-        self.mode = resolve_mode(mode, len(files), image_size)
-        if self.mode == "resident":
-            arr, self.from_cache = load_resident(files, image_size, crop, cache_root() / "decoded",
-                                                 workers, progress, failed=self.undecodable)
-            data = torch.from_numpy(arr)  # (N, 3, H, W)
-            if device.type == "cuda":
-                data = data.to(device)
-            self.data = data.permute(0, 2, 3, 1)  # an NHWC view, for sampler()
-            self._it: Iterator[torch.Tensor] = resident_batches(data, batch_size, seed, start, self.shard)
-        else:
-            self._it = stream_batches(files, image_size, crop, batch_size, seed, start,
-                                      workers, pin_memory=device.type == "cuda", shard=self.shard)
-        self._convert = lambda batch: to_training(batch, self.device)
-
-    def _start_dali(self, files, image_size, crop, batch_size, seed, device, mode, workers, start,
-                    progress) -> None:
-        from fastwgan.data import dali
-
-        self.mode = resolve_mode(mode, len(files), image_size, "dali", device)
-        if self.mode == "resident":
-            self.data, self.from_cache = dali.load_resident_dali(
-                files, image_size, crop, cache_root() / "decoded", device, workers, progress,
-                failed=self.undecodable)
-            self._it = dali.epoch_batches_nhwc(self.data, batch_size, seed, start, self.shard)
-        else:
-            rank, world_size = self.shard
-            self._it = dali.DaliStream(files, image_size, crop, batch_size // world_size, seed, device,
-                                       start, workers, shard_id=rank, num_shards=world_size)
-        self._convert = dali.nhwc_to_training
-        self.decoder = dali.decoder_name(device)
-
-    def describe(self) -> str:
-        """One line for the log: backend, mode, decoder, cache."""
-        where = f"DALI {self.decoder}" if self.backend == "dali" else "Pillow"
-        text = f"{self.mode}, decoded by {where}"
-        if self.from_cache:
-            text += " (decoded images from the cache)"
-        if self.shard[1] > 1:
-            text += (f"; {self.batch_size} images per process of each global batch of "
-                     f"{self.global_batch}")
-        if self.note:
-            text += f"; {self.note}"
-        return text
-
-    def sampler(self, dtype: torch.dtype = torch.float32, channels_last: bool = True,
-                seed: Optional[int] = None):
-        """A ``ResidentSampler`` over the decoded images (resident mode only): i.i.d. draws with
-        the device's default generator unless ``seed`` is given (see its docstring)."""
-        from fastwgan.data.dali import ResidentSampler
-
-        if self.data is None:
-            raise RuntimeError("sampler() needs the resident mode (--data-mode resident)")
-        # Pillow's (N, 3, H, W) data is given as its NHWC view: gathered as is, not copied.
-        return ResidentSampler(self.data, self.batch_size, seed, self.device, dtype, channels_last)
-
-    def __iter__(self) -> "Batches":
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        batch = next(self._it)
-        self.position += 1
-        return self._convert(batch)
-
-
-def sample_images(dataset: Dataset, image_size: int, crop: Optional[int], n: int, seed: int = 0,
-                  workers: int = -1, failed: Optional[list] = None) -> torch.Tensor:
-    """A fixed draw of ``n`` decoded images (fewer when the dataset is smaller): uint8 (n, 3, H, W).
-
-    Files that do not decode are warned about, or appended to ``failed`` (see ``decode_all``)."""
-    from fastwgan.data.pillow import decode_all
-
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(dataset.files), generator=g)[:n].sort().values.tolist()
-    return torch.from_numpy(decode_all([dataset.files[i] for i in idx], image_size, crop, workers,
-                                       failed=failed))
-
-
-def load_real_images(data_dir: Optional[str], image_size: int, crop: Optional[int], n: int,
-                     seed: int = 0) -> torch.Tensor:
-    """``n`` real images from ``data_dir`` (default: the synthetic set), uint8 (n, 3, H, W).
-    Files the scan skips are warned about in one line, as the trainer logs them."""
-    dataset = open_dataset(data_dir)
-    if dataset.warning():
-        warnings.warn(dataset.warning())
-    return sample_images(dataset, image_size, crop, n, seed)
+__all__ = ["DataError", "Dataset", "Batches", "BatchShare", "open_dataset", "load_real_images",
+           "sample_images", "cache_root", "resolve_backend", "resolve_mode"]

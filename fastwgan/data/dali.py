@@ -9,8 +9,8 @@ Two ways to feed training:
 
 * resident: every file decoded once into one uint8 tensor (N, H, W, 3) on the device (a CPU tensor
   without a GPU), cached as ``dali-<key>.npy`` so that the next run skips decoding. Batches are
-  gathered from it in the order of ``EpochBatches`` (like the Pillow loader), or drawn i.i.d. on the
-  device by ``ResidentSampler``, which can run inside a CUDA graph.
+  gathered from it in the order of ``EpochBatches`` (like the Pillow loader: ``order.py``), or drawn
+  i.i.d. on the device by ``ResidentSampler`` (``sampler.py``), which can run inside a CUDA graph.
 * stream: ``DaliStream`` decodes batch after batch with ``fn.readers.file`` behind a
   ``DALIGenericIterator``, prefetched, in the ``EpochBatches`` order too (see its docstring for why
   that order rather than the reader's ``random_shuffle``).
@@ -49,14 +49,18 @@ import hashlib
 import itertools
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from fastwgan.data.archive import from_archive
-from fastwgan.data.pillow import (EpochBatches, ImageFiles, cache_key, decode_files, default_workers,
-                                  fill_from_next, hand_over, read_cache, warn_replaced, write_cache)
+from fastwgan.data.cache import cache_key, read_cache, write_cache
+from fastwgan.data.files import default_workers
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.pillow import ImageFiles, decode_files
+from fastwgan.data.share import BatchShare, as_share
+from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 DECODE_CHUNK = 16384    # files per resident-decode pipeline: an undecodable file costs one chunk via Pillow
 DECODE_BATCH = 128      # images per DALI batch when decoding the resident dataset
@@ -253,7 +257,7 @@ def _pillow_nhwc(files: Sequence[Path], indices: Sequence[int], image_size: int,
 # --- resident: decode once, keep on the device -------------------------------------------------
 
 def dali_cache_key(files: Sequence[Path], image_size: int, crop: Optional[int], device: torch.device) -> str:
-    """``pillow.cache_key`` in a namespace of its own: the DALI version and the decoder (nvJPEG and
+    """``cache.cache_key`` in a namespace of its own: the DALI version and the decoder (nvJPEG and
     libjpeg-turbo differ by a level here and there) are part of it, and the layout is NHWC."""
     base = cache_key(files, image_size, crop)
     tag = f"dali\0{dali_version()}\0{'mixed' if device.type == 'cuda' else 'cpu'}\0{base}"
@@ -342,133 +346,40 @@ def load_resident_dali(files: Sequence[Path], image_size: int, crop: Optional[in
     return data, hit is not None
 
 
-def nhwc_to_training(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1], channels_last (the NHWC memory, no copy of
-    layout). The same float32 operations as ``pillow.to_training``, so the values are identical."""
-    x = batch.permute(0, 3, 1, 2).to(torch.float32)  # keeps the NHWC strides: channels_last
-    x = x.div_(127.5).sub_(1.0)
-    return x if dtype == torch.float32 else x.to(dtype)
-
-
-def epoch_batches_nhwc(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                       shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
-    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed
-    (``shard``: this rank's slice of each global batch of ``batch_size``)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
-        yield data[torch.tensor(idx, device=data.device)]
-
-
-class ResidentSampler:
-    """I.i.d. batches drawn on the device from a decoded dataset, CUDA-graph safe.
-
-    ``data``: uint8 (N, H, W, 3). Each ``draw()`` picks ``batch_size`` indices with ``torch.randint``
-    on the device, gathers them and converts to ``dtype`` in [-1, 1], (N, 3, H, W) channels_last (or
-    contiguous), all into buffers allocated once: no host synchronisation, no allocation, so a draw
-    can be captured in a CUDA graph and replayed. The returned tensor is that fixed buffer: the next
-    draw overwrites it.
-
-    Unlike the epoch-shuffled streams, indices are drawn *with replacement*: an image may appear
-    twice in a batch, or not at all in an epoch's worth of batches (about 1/e of them). For SGD this
-    is the textbook i.i.d. sampling; it is not batch-for-batch the Pillow loader's order.
-
-    Random numbers: ``seed=None`` uses the device's default generator, which CUDA graphs capture
-    safely and the trainer's checkpoint saves and restores (``torch.cuda.get_rng_state_all`` /
-    ``torch.get_rng_state``): the draws are then as deterministic as that RNG state, and a resumed
-    run continues them exactly. An int ``seed`` gives the sampler its own generator
-    (``self.generator``): reproducible on its own, but a CUDA graph must register it
-    (``graph.register_generator_state(sampler.generator)``: the fast engine does so for each of its
-    graphs, and refuses a seeded sampler where torch cannot) and a checkpoint must save
-    ``sampler.state_dict()``. ``position`` counts the draws made through ``draw()`` (graph replays
-    do not pass through it: add them yourself).
-    """
-
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: Optional[int] = None,
-                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = True):
-        if data.dtype != torch.uint8 or data.dim() != 4 or data.shape[-1] != 3:
-            raise ValueError(f"data must be uint8 (N, H, W, 3), got {tuple(data.shape)} {data.dtype}")
-        device = torch.device(device) if device is not None else data.device
-        self.data = data.to(device)                     # (N, H, W, 3) uint8
-        self.batch_size, self.device, self.dtype = batch_size, device, dtype
-        n, h, w, _ = self.data.shape
-        self.n = n
-        self.generator: Optional[torch.Generator] = None
-        if seed is not None:
-            self.generator = torch.Generator(device).manual_seed(seed)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.index = torch.empty(batch_size, dtype=torch.long, device=device)        # (B,)
-        self.gathered = torch.empty((batch_size, h, w, 3), dtype=torch.uint8, device=device)
-        self.out = torch.empty((batch_size, 3, h, w), dtype=dtype, device=device, memory_format=fmt)
-        # fp32 staging for other dtypes: the same rounding as the float32 path, then one cast
-        self._f32 = self.out if dtype == torch.float32 else torch.empty_like(self.out, dtype=torch.float32)
-        self.position = 0
-
-    def draw(self) -> torch.Tensor:
-        """One batch (B, 3, H, W) in [-1, 1]; the same buffer every call."""
-        torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device,
-                      out=self.index)
-        torch.index_select(self.data, 0, self.index, out=self.gathered)
-        self._f32.copy_(self.gathered.permute(0, 3, 1, 2))
-        self._f32.div_(127.5).sub_(1.0)
-        if self._f32 is not self.out:
-            self.out.copy_(self._f32)
-        self.position += 1
-        return self.out
-
-    def __iter__(self) -> "ResidentSampler":
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        return self.draw()
-
-    def state_dict(self) -> dict:
-        state = {"position": self.position}
-        if self.generator is not None:
-            state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = state["position"]
-        if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
-
-
 # --- stream --------------------------------------------------------------------------------------
 
 class DaliStream:
     """Batches decoded by DALI as they are needed: uint8 (B, H, W, 3) on ``device``, from batch
     ``start`` on, prefetched (``PREFETCH`` batches ahead).
 
-    Order: global batch ``g`` is batch ``g`` of ``EpochBatches(n, batch_size * num_shards, seed)``
-    (a fresh permutation per epoch, last incomplete batch dropped) and shard ``shard_id`` takes its
-    ``shard_id``-th slice of ``batch_size``. With one shard this is exactly the Pillow loader's
-    order, so the two backends see the same images batch for batch and a run resumes exactly at
-    batch ``start`` (nothing decoded to skip). The reader (for a zip's members, the external
-    source) gets that order as its file list, in chunks of at least one epoch (``MIN_CHUNK_STEPS``
-    batches for small sets), one pipeline per chunk: a short stall at each chunk boundary (the
-    pipeline build, milliseconds on a CPU).
+    Order: global batch ``g`` is batch ``g`` of ``EpochBatches(n, share.global_batch, seed)``
+    (a fresh permutation per epoch, last incomplete batch dropped) and rank ``share.rank`` takes its
+    slice of ``share.local`` images (``batch_size``: a ``BatchShare``, or an int for one process).
+    With one process this is exactly the Pillow loader's order, so the two backends see the same
+    images batch for batch and a run resumes exactly at batch ``start`` (nothing decoded to skip).
+    The reader (for a zip's members, the external source) gets that order as its file list, in
+    chunks of at least one epoch (``MIN_CHUNK_STEPS`` batches for small sets), one pipeline per
+    chunk: a short stall at each chunk boundary (the pipeline build, milliseconds on a CPU).
 
     Why not ``fn.readers.file(random_shuffle=True, seed=...)``: it shuffles within a buffer of
     ``initial_fill`` (1024) samples, not a permutation of the epoch, and its order cannot be
     recomputed from a batch number, so a resumed run could only restart near an epoch boundary.
     Likewise the reader's own ``shard_id/num_shards`` split the list into contiguous blocks; here
-    each shard gets its slice of every global batch (disjoint, reshuffled every epoch), and the
-    reader is given shard 0 of 1 of the shard's own list.
+    each rank gets its slice of every global batch (disjoint, reshuffled every epoch), and the
+    reader is given shard 0 of 1 of the rank's own list.
 
     A batch DALI cannot decode (a file that passed ``scan_images`` but is not decodable) is decoded
     by the Pillow loader instead, with a warning, and a new pipeline continues after it.
     """
 
-    def __init__(self, files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
-                 seed: int, device: torch.device, start: int = 0, workers: int = -1,
-                 shard_id: int = 0, num_shards: int = 1, prefetch: int = PREFETCH):
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards})")
+    def __init__(self, files: Sequence[Path], image_size: int, crop: Optional[int],
+                 batch_size: int | BatchShare, seed: int, device: torch.device, start: int = 0,
+                 workers: int = -1, prefetch: int = PREFETCH):
+        share = as_share(batch_size)
         self.files, self.image_size, self.crop = list(files), image_size, crop
-        self.batch_size, self.device, self.workers, self.prefetch = batch_size, device, workers, prefetch
-        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
-        self.order = EpochBatches(len(self.files), batch_size * num_shards, seed, start)
+        self.batch_size, self.device, self.workers, self.prefetch = share.local, device, workers, prefetch
+        self.share, self.seed = share, seed
+        self.order = EpochBatches(len(self.files), share.global_batch, seed, start)
         self._order = iter(self.order)
         self.chunk_steps = max(self.order.per_epoch, MIN_CHUNK_STEPS)
         self.step = start                 # the global batch number of the next batch
@@ -480,8 +391,8 @@ class DaliStream:
         self._pipe = self._build()
 
     def _local(self, global_idx: list[int]) -> list[int]:
-        b = self.batch_size
-        return global_idx[self.shard_id * b:(self.shard_id + 1) * b]
+        first = self.share.offset
+        return global_idx[first:first + self.batch_size]
 
     def _build(self):
         """A pipeline over the pending batches (the next chunk of them when none is pending)."""

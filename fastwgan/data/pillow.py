@@ -1,15 +1,13 @@
 """The Pillow loaders: streaming batches from DataLoader workers, or the whole dataset decoded once.
 
-Both draw the same index sequence (``EpochBatches``: a fresh permutation per epoch from the seed),
-so they give identical batches for the same seed, and a run can continue from any batch number.
-Batches are uint8 (N, 3, H, W); ``to_training`` moves them to the device and scales to [-1, 1].
+Both draw the same index sequence (``order.EpochBatches``: a fresh permutation per epoch from the
+seed), so they give identical batches for the same seed, and a run can continue from any batch
+number. Batches are uint8 (N, 3, H, W); ``batches.to_training`` moves them to the device and scales
+to [-1, 1].
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,49 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastwgan.atomic import atomic_write
+from fastwgan.data.cache import cache_key, read_cache, write_cache
 from fastwgan.data.files import DataError, default_workers, load_image
-
-CACHE_VERSION = 2  # 2: a list of the files that did not decode beside each cache
-
-
-class EpochBatches:
-    """Batch ``b`` (0, 1, 2, ... over all epochs) of a shuffle-per-epoch stream, from the seed alone.
-
-    Epoch ``e`` is ``randperm(n)`` from a generator seeded by (seed, e); the last incomplete batch
-    of an epoch is dropped. Being a pure function of the batch number, a resumed run continues
-    exactly where it stopped.
-
-    Several processes: ``batch_size`` is the global batch and ``shard = (rank, world_size)``
-    yields rank's equal slice of each global batch, so the ranks together draw the images one
-    process draws, step for step, and the batch number stays a global count (a run resumes at
-    the same images with any world size that divides the batch).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
-        if n < batch_size:
-            raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
-        rank, world_size = shard
-        if not 0 <= rank < world_size or batch_size % world_size:
-            raise ValueError(f"shard {rank} of {world_size} does not split a batch of {batch_size}")
-        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
-        self.per_epoch = n // batch_size
-        self.local = batch_size // world_size            # images per rank and batch
-        self.offset = rank * self.local                  # where this rank's slice starts
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, b = divmod(self.start, self.per_epoch)
-        while True:
-            perm = self._perm(epoch)
-            for i in range(b, self.per_epoch):
-                first = i * self.batch_size + self.offset
-                yield perm[first:first + self.local].tolist()
-            epoch, b = epoch + 1, 0
+from fastwgan.data.order import EpochBatches
+from fastwgan.data.share import BatchShare
+from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -106,11 +66,6 @@ def _collate(items) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     return torch.stack([x for x, _ in items]), [f for _, fs in items for f in fs]
 
 
-def warn_replaced(path: str, why: str) -> None:
-    """What a loader says when it met a file that does not decode, and used the next image."""
-    warnings.warn(f"could not decode {path} ({why}); using the next image instead")
-
-
 def _warn_once(batches) -> Iterator[torch.Tensor]:
     """The images of (images, failures) batches; each failing file warned about once."""
     seen: set[str] = set()
@@ -128,15 +83,15 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, batch_size: int,
-                   seed: int, start: int = 0, workers: int = -1, pin_memory: bool = False,
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+def stream_batches(files: Sequence[Path], image_size: int, crop: int | None,
+                   batch_size: int | BatchShare, seed: int, start: int = 0, workers: int = -1,
+                   pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """Batches decoded by DataLoader worker processes, starting at batch number ``start``
-    (``shard``: this rank's slice of each global batch of ``batch_size``, see ``EpochBatches``)."""
+    (a ``BatchShare``: this rank's slice of each global batch, see ``EpochBatches``)."""
     workers = default_workers() if workers < 0 else workers
     loader = DataLoader(
         ImageFiles(files, image_size, crop),
-        batch_sampler=EpochBatches(len(files), batch_size, seed, start, shard),
+        batch_sampler=EpochBatches(len(files), batch_size, seed, start),
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -151,16 +106,6 @@ def stream_batches(files: Sequence[Path], image_size: int, crop: int | None, bat
 
 # --- resident: decode once, keep in memory -----------------------------------------------------
 
-def cache_key(files: Sequence[Path], image_size: int, crop: int | None) -> str:
-    """Changes when a file is added, removed or modified, or the preprocessing changes."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "size": image_size, "crop": crop}).encode())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
 def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
     """Files ``lo``.. of a chunk: (images, [(index in the chunk, path, reason)]) with the images
     that fail left black, for ``fill_from_next`` to replace."""
@@ -174,28 +119,6 @@ def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
         else:
             out[i] = a.transpose(2, 0, 1)
     return out, bad
-
-
-def fill_from_next(images, bad: Sequence[int]) -> None:
-    """Replace each image at a ``bad`` index by the next good one, cyclically (as the stream
-    does): ``images`` is an array or tensor indexed by image first."""
-    bad_set = set(bad)
-    n = len(images)
-    if len(bad_set) >= n:
-        raise DataError(f"none of the {n} images could be decoded")
-    for i in sorted(bad_set):
-        k = (i + 1) % n
-        while k in bad_set:
-            k = (k + 1) % n
-        images[i] = images[k]
-
-
-def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
-    """One line for files that passed the scan but failed to decode (each replaced by the next)."""
-    shown = ", ".join(f"{Path(p).name} ({why})" for p, why in failed[:3])
-    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-    return (f"{len(failed)} of {n} image(s) could not be decoded and were replaced by the next "
-            f"image in the folder: {shown}{more}")
 
 
 def decode_files(files: Sequence[Path], image_size: int, crop: int | None, workers: int = -1,
@@ -241,61 +164,6 @@ def decode_all(files: Sequence[Path], image_size: int, crop: int | None, workers
     return out
 
 
-def hand_over(bad: Sequence[tuple[str, str]], n: int, failed: list | None) -> None:
-    """Files of ``n`` that did not decode, as (path, reason): appended to ``failed`` when the
-    caller collects them, else warned about in one line."""
-    if failed is not None:
-        failed += bad
-    elif bad:
-        warnings.warn(undecodable_warning(bad, n))
-
-
-def _failed_path(npy: Path) -> Path:
-    return npy.with_name(npy.stem + ".failed.json")
-
-
-def read_failed(npy: Path) -> list[tuple[str, str]] | None:
-    """The files a cached decode replaced (written beside the .npy before it); None when that
-    list is missing or unreadable, and the cache cannot say: decode again."""
-    try:
-        return [tuple(x) for x in json.loads(_failed_path(npy).read_text())]
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def write_failed(npy: Path, failed: Sequence[tuple[str, str]]) -> None:
-    text = json.dumps([list(x) for x in failed])
-    atomic_write(_failed_path(npy), lambda tmp: tmp.write_text(text), sync=False)
-
-
-def read_cache(path: Path, shape: tuple[int, ...], mmap: bool = False,
-               ) -> tuple[np.ndarray, list[tuple[str, str]]] | None:
-    """A current decoded cache at ``path``: the uint8 images of ``shape`` and the files that did not
-    decode; None when it is missing, damaged, of another shape, or without its list."""
-    if not path.exists():
-        return None
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError):
-        return None  # a damaged cache file is rebuilt
-    known = read_failed(path)
-    if arr.shape != shape or arr.dtype != np.uint8 or known is None:
-        return None
-    return arr, known
-
-
-def write_cache(path: Path, arr: np.ndarray, bad: Sequence[tuple[str, str]]) -> None:
-    """The decoded images and their list of files that did not decode, each written atomically;
-    the list first, so that a cache file is never found without it."""
-    write_failed(path, bad)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to a name
-            np.save(f, arr)
-
-    atomic_write(path, write, sync=False)  # (a full disk: no partial cache left behind)
-
-
 def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cache_dir: Path,
                   workers: int = -1, progress: bool = False, failed: list | None = None,
                   ) -> tuple[np.ndarray, bool]:
@@ -314,17 +182,3 @@ def load_resident(files: Sequence[Path], image_size: int, crop: int | None, cach
         write_cache(path, arr, bad)
     hand_over(bad, len(files), failed)
     return arr, hit is not None
-
-
-def resident_batches(data: torch.Tensor, batch_size: int, seed: int, start: int = 0,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming
-    (``shard``: this rank's slice of each global batch)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start, shard):
-        yield data[torch.tensor(idx, device=data.device)]
-
-
-def to_training(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 in [-1, 1] on ``device``."""
-    x = batch.to(device, non_blocking=True).float()
-    return x.div_(127.5).sub_(1.0)
