@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastwgan.data.share import BatchShare, BatchSplitError  # noqa: F401 (BatchSplitError: re-exported for the trainer)
+from fastwgan.data.share import BatchShare
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 # how long the other processes of a machine wait for its first one to generate or decode the data

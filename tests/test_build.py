@@ -4,6 +4,8 @@ For every loss and preset, the networks built from the self-check's and the benc
 have the trainer's module tree and parameter shapes; and no module outside ``fastwgan/models.py``
 and ``fastwgan/build.py`` constructs a network itself (an AST scan of the package and bench/)."""
 import ast
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -49,12 +51,21 @@ def test_the_self_checks_networks_are_the_trainers(loss, preset):
                                                                             cfg.critic_normalization)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-def test_the_benchmarks_networks_are_the_trainers(loss, monkeypatch):
+@pytest.fixture
+def bench_train(monkeypatch):
+    """bench/test_bench_train.py, imported beside bench/conftest.py (which it imports as
+    ``conftest``), outside pytest's collection of bench/."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    sys.modules.pop("test_bench_train", None)
-    import test_bench_train as bench_train
+    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "bench" / "conftest.py")
+    bench_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_conftest)
+    monkeypatch.setitem(sys.modules, "conftest", bench_conftest)
+    monkeypatch.delitem(sys.modules, "test_bench_train", raising=False)
+    return importlib.import_module("test_bench_train")
 
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_benchmarks_networks_are_the_trainers(loss, bench_train):
     for device, preset in ((torch.device("cuda"), None), (torch.device("cpu"), "cpu")):
         cfg = bench_train.bench_config(device, loss)
         assert settings(cfg) == settings(trainer_config(loss, preset))

@@ -87,7 +87,7 @@ def test_exit_status_and_json_follow_the_results(tmp_path, monkeypatch):
         raise AssertionError("wrong values")
 
     checks = [("fine", lambda: None), ("skipped", skipped)]
-    monkeypatch.setattr(check, "all_checks", lambda device, full: iter(checks))
+    monkeypatch.setattr(check, "all_checks", lambda device, full, cfg: iter(checks))
     out = tmp_path / "c.json"
     assert check.main(["--json", str(out)], echo=lambda line: None) == 0  # skips are not failures
     checks.append(("broken", failed))

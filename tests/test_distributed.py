@@ -30,8 +30,9 @@ from torch import nn
 
 from fastwgan import distributed as fdist
 from fastwgan.config import Config
-from fastwgan.distributed import (SINGLE, BatchSplitError, OutOfSync, World, check_in_sync,
-                                  init_from_env, rank_seed, split_batch)
+from fastwgan.data.share import BatchSplitError
+from fastwgan.distributed import (SINGLE, OutOfSync, World, check_in_sync, init_from_env, rank_seed,
+                                  split_batch)
 from fastwgan.engine import ReferenceEngine
 from fastwgan.fast import FastEngine
 from fastwgan.kernels.bn_act import bn_act

@@ -13,8 +13,9 @@ from fastwgan.models import Critic, Generator, LayerNorm2d
 from fastwgan.losses.wgan_gp import critic_step_gp, gradient_penalty
 from fastwgan.steps import StepConfig
 
-from oddfiles import make_good_folder
-from tiny import assert_same_training
+from tiny import resume_is_exact_and_crosses_engines, smoke_flags
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # the run tests' decoded data
 
 
 def tiny_critic(norm, seed=0):
@@ -169,16 +170,8 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys, flags, message):
 
 # --- runs ---
 
-@pytest.fixture
-def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-    make_good_folder(tmp_path / "d", n=10)
-    return str(tmp_path / "d")
-
-
 def smoke(data, *flags):
-    return ["--preset", "smoke", "--no-progress", "--workers", "0", "--data", data, "--loss", "wgan-gp",
-            "--data-mode", "resident", "--ckpt-every", "100", "--sample-every", "100", *map(str, flags)]
+    return smoke_flags("wgan-gp", data, *flags)
 
 
 def test_run_logs_defaults_penalty_and_gradient_norm(tmp_path, data):
@@ -203,18 +196,7 @@ def test_run_logs_defaults_penalty_and_gradient_norm(tmp_path, data):
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])
 def test_resume_is_exact_and_crosses_engines(tmp_path, data, backend):
-    common = smoke(data, "--backend", backend)
-    assert train.main([*common, "--out", str(tmp_path / "once"), "--iters", "4"]) == 0
-    assert train.main([*common, "--out", str(tmp_path / "twice"), "--iters", "2"]) == 0
-    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "4", "--no-progress"]) == 0
-    a, b = ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice")
-    assert_same_training(a, b)  # weights, running statistics, both optimizers' states
-    assert torch.equal(a["log_accum"]["sums"], b["log_accum"]["sums"])
-    # and the other engine continues it
-    other = "fast" if backend == "reference" else "reference"
-    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "5", "--backend", other,
-                       "--no-progress"]) == 0
-    assert ckpt_io.load(tmp_path / "twice")["iteration"] == 5
+    resume_is_exact_and_crosses_engines(tmp_path, smoke(data), backend)
 
 
 def test_resume_under_another_loss_is_refused(tmp_path, data, capsys):

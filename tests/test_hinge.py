@@ -18,8 +18,9 @@ from fastwgan.losses.hinge import critic_objective
 from fastwgan.models import Critic, Generator
 from fastwgan.steps import StepConfig
 
-from oddfiles import make_good_folder
-from tiny import assert_same_training
+from tiny import resume_is_exact_and_crosses_engines, smoke_flags
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # the run tests' decoded data
 
 HINGE = LOSSES["hinge"]
 # fp32, the step's own operations in the same order: agreement to rounding
@@ -95,16 +96,8 @@ def test_help_lists_the_loss_and_its_defaults(capsys):
 
 # --- runs ---
 
-@pytest.fixture
-def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
-    make_good_folder(tmp_path / "d", n=10)
-    return str(tmp_path / "d")
-
-
 def smoke(data, *flags):
-    return ["--preset", "smoke", "--no-progress", "--workers", "0", "--data", data, "--loss", "hinge",
-            "--data-mode", "resident", "--ckpt-every", "100", "--sample-every", "100", *map(str, flags)]
+    return smoke_flags("hinge", data, *flags)
 
 
 def test_run_logs_the_hinge_losses(tmp_path, data):
@@ -127,17 +120,7 @@ def test_run_logs_the_hinge_losses(tmp_path, data):
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])
 def test_resume_is_exact_and_crosses_engines(tmp_path, data, backend):
-    common = smoke(data, "--backend", backend)
-    assert train.main([*common, "--out", str(tmp_path / "once"), "--iters", "4"]) == 0
-    assert train.main([*common, "--out", str(tmp_path / "twice"), "--iters", "2"]) == 0
-    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "4", "--no-progress"]) == 0
-    a, b = ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice")
-    assert_same_training(a, b)  # weights, running statistics, both optimizers' states
-    assert torch.equal(a["log_accum"]["sums"], b["log_accum"]["sums"])
-    other = "fast" if backend == "reference" else "reference"
-    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "5", "--backend", other,
-                       "--no-progress"]) == 0
-    assert ckpt_io.load(tmp_path / "twice")["iteration"] == 5
+    resume_is_exact_and_crosses_engines(tmp_path, smoke(data), backend)
 
 
 def test_checkpoint_checks(tmp_path, data, capsys):
@@ -164,15 +147,6 @@ def test_hinge_learns_cpu(tmp_path, capsys):
     faces: the cpu preset at width 16, 100 iterations. At this size the recipe's lr 2e-4 moves
     slowly in a short run (measured, 150 iterations: SWD 165 from 228 untrained; 107 at 5e-4; 93
     at 1e-3, 96 at iteration 100: bench/RESULTS.md), so the test takes 1e-3, as the wgan-gp one."""
-    from test_training_parity import final_swd, untrained_swd
+    from test_training_parity import learns_on_cpu
 
-    iters, n_eval = 100, 512
-    out = tmp_path / "hinge"
-    assert train.main(["--no-progress", "--preset", "cpu", "--ngf", "16", "--ndf", "16", "--loss", "hinge",
-                       "--lr", "1e-3", "--iters", str(iters), "--eval-every", str(iters), "--eval-n", str(n_eval),
-                       "--sample-every", str(iters), "--ckpt-every", str(iters), "--out", str(out)]) == 0
-    swd = final_swd(out)
-    start = untrained_swd(Config(image_size=32, ngf=16, ndf=16), n_eval)
-    with capsys.disabled():
-        print(f"\nSWD x1e3 of hinge after {iters} iterations: {swd:.1f}; untrained generator {start:.1f}")
-    assert swd < 0.6 * start, (swd, start)
+    learns_on_cpu(tmp_path, capsys, "hinge", 1e-3)

@@ -1,10 +1,17 @@
 """The smallest training run through the command line (the ``smoke`` preset, no progress bar, no
-loader processes), and the comparison of two runs' checkpoints."""
+loader processes), the comparison of two runs' checkpoints, and exact resume across engines."""
 import torch
 
 from fastwgan import train
 
 TINY = ["--preset", "smoke", "--no-progress", "--workers", "0"]
+
+
+def smoke_flags(loss: str, data: str, *flags) -> list[str]:
+    """``TINY`` for ``--loss loss`` on the folder ``data``, resident, with no samples or
+    checkpoints but the last: the command line of a loss's run tests."""
+    return [*TINY, "--data", data, "--loss", loss, "--data-mode", "resident", "--ckpt-every", "100",
+            "--sample-every", "100", *map(str, flags)]
 
 
 def run(*args) -> int:
@@ -29,3 +36,22 @@ def assert_same_training(a: dict, b: dict) -> None:
     assert ta.keys() == tb.keys()
     different = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not different, f"{len(different)} tensors differ, first {different[0]}"
+
+
+def resume_is_exact_and_crosses_engines(tmp_path, common: list, backend: str) -> None:
+    """4 iterations at once against 2 and a resume to 4 (the same weights, statistics, optimizer
+    states and partial loss sums), under ``common`` flags and ``backend``; then the other engine
+    continues the resumed run."""
+    from fastwgan import checkpoint as ckpt_io
+
+    common = [*common, "--backend", backend]
+    assert train.main([*common, "--out", str(tmp_path / "once"), "--iters", "4"]) == 0
+    assert train.main([*common, "--out", str(tmp_path / "twice"), "--iters", "2"]) == 0
+    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "4", "--no-progress"]) == 0
+    a, b = ckpt_io.load(tmp_path / "once"), ckpt_io.load(tmp_path / "twice")
+    assert_same_training(a, b)  # weights, running statistics, both optimizers' states
+    assert torch.equal(a["log_accum"]["sums"], b["log_accum"]["sums"])
+    other = "fast" if backend == "reference" else "reference"
+    assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "5", "--backend", other,
+                       "--no-progress"]) == 0
+    assert ckpt_io.load(tmp_path / "twice")["iteration"] == 5
