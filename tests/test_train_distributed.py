@@ -183,7 +183,7 @@ assert loop.sums.abs().sum() == 0  # zeroed for the next interval
 # a rank whose weights drifted: every rank stops at the next log point, with the reason
 Engine.parameter_sets = lambda self: {"critic": [torch.ones(3) * (1 + world.rank)]}
 try:
-    loop.log_point(2, evaluate=False)
+    loop.log_point(2)
 except Exception as e:
     with open(os.path.join(sys.argv[1], f"stop{world.rank}.txt"), "w") as f:
         f.write(f"{type(e).__name__}: {e}")
