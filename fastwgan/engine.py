@@ -26,6 +26,32 @@ from fastwgan.distributed import SINGLE, World, broadcast_
 from fastwgan.losses import LOSSES
 from fastwgan.steps import StepConfig, clip_weights_, make_optimizers
 
+# The options of a torch.optim optimizer that say how its update runs, not what it computes. They
+# belong to the engine that built the optimizer, not to the checkpoint: torch's load_state_dict
+# restores the saved ones (a reference or CPU run's capturable=False and fused=None onto the fast
+# engine's fused, capturable Adam, which CUDA graphs then fail to capture).
+RUN_OPTIONS = ("fused", "capturable", "foreach", "differentiable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping ``opt``'s own ``RUN_OPTIONS`` and putting each
+    ``step`` where ``opt`` keeps it: on its parameter's device (float32) when fused or capturable,
+    on the CPU otherwise, as torch's optimizers create it. An optimizer whose load keeps these
+    itself (RMSpropClip: its groups have no such options) is loaded as it is."""
+    kept = [{k: group[k] for k in RUN_OPTIONS if k in group} for group in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, options in zip(opt.param_groups, kept):
+        group.update(options)
+        if "fused" not in options and "capturable" not in options:
+            continue
+        on_device = bool(options.get("fused") or options.get("capturable"))
+        for p in group["params"]:
+            p_state = opt.state.get(p, {})
+            step = p_state.get("step")
+            if isinstance(step, torch.Tensor):
+                p_state["step"] = (step.to(p.device, torch.float32) if on_device
+                                   else step.to("cpu"))
+
 
 class Engine:
     """The phases over an engine's networks, optimizers and source of real batches.
@@ -81,6 +107,13 @@ class Engine:
         for _ in range(n_critic):
             self.critic()
         self.generator()
+
+    def load_optimizer_states(self, opt_g: dict, opt_d: dict) -> None:
+        """Both optimizers' states (a checkpoint's ``opt_g``, ``opt_d``, from any engine and
+        device), with the options this engine built its optimizers with (``load_optimizer_state``):
+        a resumed run trains as a fresh one, captured where a fresh one would be."""
+        load_optimizer_state(self.opt_g, opt_g)
+        load_optimizer_state(self.opt_d, opt_d)
 
     def clip_critic_at_build(self, cfg: Config) -> None:
         """Clip the critic into [-clip, clip] once, before its first gradient.

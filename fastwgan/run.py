@@ -202,8 +202,7 @@ def setup_models(cfg: Config, device: torch.device, dtype, batches: Batches, wor
     engine = build.build_engine(cfg, G, D, batches, device, dtype, world,
                                 backend=choose_backend(cfg, device, dtype, world))
     if resume:
-        engine.opt_g.load_state_dict(resume["opt_g"])
-        engine.opt_d.load_state_dict(resume["opt_d"])
+        engine.load_optimizer_states(resume["opt_g"], resume["opt_d"])
     return engine
 
 

@@ -97,6 +97,52 @@ def test_fast_backend_trains_from_the_cli(tmp_path, monkeypatch, capsys):
     assert ck["iteration"] == 5 and ck["config"]["backend"] == "fast"
 
 
+def options(opt):
+    """Each param group's options (everything but the parameters)."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def as_built_on_cuda(engine):
+    """``engine``'s Adam optimizers with the options make_fast_optimizers gives them on CUDA
+    (fused, capturable), which a CPU build cannot have: the options a resume must keep."""
+    for opt in (engine.opt_g, engine.opt_d):
+        for group in opt.param_groups:
+            group.update(fused=True, capturable=True)
+    return engine
+
+
+@pytest.mark.parametrize("loss", ["gan", "wgan-gp", "hinge"])  # the losses trained with Adam
+def test_resumed_optimizers_keep_the_engines_own_options(loss):
+    """A checkpoint's optimizer states go into an engine with that engine's own fused,
+    capturable, foreach options (torch's load_state_dict would take the checkpoint's), and each
+    step count where the engine's optimizer keeps it (float32 on the parameter's device when
+    fused or capturable), both ways: a reference (CPU) checkpoint into the fast engine as built on
+    CUDA, which must then capture its graphs, and a fast CUDA checkpoint into the reference
+    engine."""
+    cfg = Config(**TINY, loss=loss)
+    ref, fast = run_both(cfg, iterations=[0])
+    as_built_on_cuda(fast)
+    saved_ref = {"opt_g": ref.opt_g.state_dict(), "opt_d": ref.opt_d.state_dict()}
+    saved_fast = {"opt_g": fast.opt_g.state_dict(), "opt_d": fast.opt_d.state_dict()}
+    assert saved_ref["opt_d"]["param_groups"][0]["capturable"] is False  # what torch would restore
+    cpu = torch.device("cpu")
+    for saved, kind in ((saved_ref, FastEngine), (saved_fast, ReferenceEngine)):
+        (G, D), _ = pair(cfg)
+        engine = kind(cfg, G, D, FixedBatches(batches(cfg, 1)), cpu, None)
+        if kind is FastEngine:
+            as_built_on_cuda(engine)
+        fresh = [options(engine.opt_g), options(engine.opt_d)]
+        engine.load_optimizer_states(saved["opt_g"], saved["opt_d"])
+        assert [options(engine.opt_g), options(engine.opt_d)] == fresh
+        for opt, name in ((engine.opt_g, "opt_g"), (engine.opt_d, "opt_d")):
+            loaded = [opt.state[p] for g in opt.param_groups for p in g["params"]]
+            assert all(s["step"].dtype == torch.float32 and s["step"].device == cpu for s in loaded)
+            for mine, theirs in zip(loaded, saved[name]["state"].values()):  # the state itself
+                assert torch.equal(mine["exp_avg"], theirs["exp_avg"])
+                assert torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"])
+                assert float(mine["step"]) == float(theirs["step"]) > 0
+
+
 class RecordedGraph:
     """Stands in for a CUDA graph on CPU: capture records the function, replay runs it."""
 
@@ -420,6 +466,41 @@ def test_seeded_sampler_without_generator_registration_is_refused(monkeypatch):
     assert fast.graph_generators(ResidentSampler(data, 4)) == []  # the default generator: fine
     with pytest.raises(ValueError, match="create the sampler without a seed .* or pass graphs=False"):
         fast.graph_generators(ResidentSampler(data, 4, seed=1))
+
+
+@pytest.mark.gpu
+def test_resumed_wgan_gp_run_captures_its_graphs(tmp_path, monkeypatch):
+    """A wgan-gp run written by the reference engine on the CPU, resumed on CUDA with the fast
+    engine: its Adam keeps the fused, capturable options of a fresh fast engine (with its step
+    counts on the device), so the iteration is captured and replayed, not run eagerly."""
+    from fastwgan import run, train
+    from fastwgan.data import Batches, open_dataset
+    from fastwgan.distributed import SINGLE
+    from fastwgan.runconfig import parse_config
+
+    from oddfiles import make_good_folder
+    from tiny import smoke_flags
+
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+    make_good_folder(tmp_path / "d", n=10)
+    out = tmp_path / "r"
+    assert train.main([*smoke_flags("wgan-gp", str(tmp_path / "d")), "--device", "cpu",
+                       "--backend", "reference", "--out", str(out), "--iters", "2"]) == 0
+    cfg, resume, _ = parse_config(["--resume", str(out), "--device", "cuda", "--backend", "fast",
+                                   "--iters", "4"])
+    dev = torch.device("cuda")
+    data = Batches(open_dataset(cfg.data), cfg.image_size, cfg.crop, cfg.batch_size, cfg.seed, dev,
+                   mode="resident", workers=0, backend="pillow")
+    engine = run.setup_models(cfg, dev, None, data, SINGLE, resume)
+    for opt in (engine.opt_g, engine.opt_d):
+        group = opt.param_groups[0]
+        assert group["fused"] is True and group["capturable"] is True
+        assert all(s["step"].is_cuda for s in opt.state.values())
+    for it in range(2):  # the eager warm-up and the capture, then a replay
+        engine.iteration(cfg.n_critic_at(2 + it))
+    torch.cuda.synchronize()
+    assert engine.capture_error is None and engine.use_graphs
+    assert set(engine.graphs) == {"iteration"}
 
 
 @pytest.mark.gpu
