@@ -1,4 +1,4 @@
-"""Image folders built to hurt: decompression bombs and symbolic-link loops."""
+"""Image folders built to hurt: decompression bombs, byte bombs, symbolic-link loops."""
 import io
 import os
 import struct
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from fastwgan.data import DataError, open_dataset
-from fastwgan.data.files import (DEFAULT_MAX_PIXELS, header_size, list_images, load_image,
-                                 scan_images)
+from fastwgan.data import files as files_module
+from fastwgan.data.files import (DEFAULT_MAX_PIXELS, MIN_BYTES_LIMIT, byte_limit, header_size,
+                                 list_images, load_image, scan_images)
 
 from oddfiles import face_like, make_good_folder
 
@@ -141,3 +142,111 @@ def test_linked_dataset_folders_are_followed(tmp_path):
     files = list_images(tmp_path / "linked")
     assert [str(p.relative_to(tmp_path / "linked")) for p in files] == [
         "part1/000.jpg", "part1/001.jpg", "part2/000.jpg", "part2/001.jpg"]
+
+
+# --- byte bombs: a small image followed by far more bytes than an image of its size can take ---
+
+def small_jpeg() -> bytes:
+    """A valid 64x64 JPEG (about 2 KB)."""
+    buf = io.BytesIO()
+    face_like(np.random.default_rng(0), 64, 64).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def byte_bomb(path, extra=MIN_BYTES_LIMIT + (1 << 20)):
+    """A valid 64x64 JPEG followed by ``extra`` zero bytes: over the byte limit of any 64x64
+    image (the floor, 16 MiB). Sparse on disk: it costs no space, only a reader's memory."""
+    with open(path, "wb") as f:
+        f.write(small_jpeg())
+        f.truncate(f.tell() + extra)
+    return path
+
+
+class MemberReads:
+    """Records the members a zip has read whole (``ZipFile.read``)."""
+
+    def __init__(self, monkeypatch):
+        self.names = []
+        read = zipfile.ZipFile.read
+
+        def recorded(zf, name, pwd=None):
+            self.names.append(getattr(name, "filename", name))
+            return read(zf, name, pwd)
+
+        monkeypatch.setattr(zipfile.ZipFile, "read", recorded)
+
+
+def test_bytes_after_a_small_image_are_screened(tmp_path):
+    """A 64x64 JPEG with 17 MiB of zeros after it decodes (decoders stop at its end marker), but
+    a loader would read it whole: it is left out by its size, before anything reads it. A small
+    image with 1 MiB of metadata (APP segments, as an ICC profile or EXIF) stays: under the
+    floor."""
+    root = tmp_path / "d"
+    make_good_folder(root, n=2)
+    byte_bomb(root / "bomb.jpg")
+    raw = small_jpeg()
+    app = b"".join(b"\xff\xe2" + struct.pack(">H", 65000) + bytes(64998) for _ in range(16))
+    (root / "metadata.jpg").write_bytes(raw[:2] + app + raw[2:])
+    assert byte_limit((64, 64), DEFAULT_MAX_PIXELS) == MIN_BYTES_LIMIT
+    assert byte_limit((2000, 2000), DEFAULT_MAX_PIXELS) == 16 * 2000 * 2000
+    scan = scan_images(root)
+    assert sorted(p.name for p in scan.files) == ["000.jpg", "001.jpg", "metadata.jpg"]
+    [(bad, why)] = scan.bad
+    assert bad.name == "bomb.jpg" and why.startswith("too many bytes") and "64x64 image" in why
+    assert f"{MIN_BYTES_LIMIT:,}" in why
+
+
+def test_zip_bombs_are_screened_before_they_are_read(tmp_path, monkeypatch):
+    """In a zip, the member's size comes from the central directory and is screened before the
+    member is read: a deflated byte bomb (17 MiB of zeros in 17 KB) for its inflation, a stored
+    one that does not inflate (random bytes, the floor scaled down to 1 MiB) for its size. Neither
+    is ever read whole."""
+    root = tmp_path / "d"
+    make_good_folder(root, n=2)
+    z = tmp_path / "d.zip"
+    rng = np.random.default_rng(0)
+    noise = small_jpeg() + bytes(rng.integers(0, 256, 2 << 20, dtype=np.uint8))
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(root.iterdir()):
+            zf.write(f, f.name)
+        zf.writestr("zeros.jpg", small_jpeg() + bytes(MIN_BYTES_LIMIT + (1 << 20)))
+        zf.writestr("noise.jpg", noise)
+    assert z.stat().st_size < 3 << 20
+    monkeypatch.setattr(files_module, "MIN_BYTES_LIMIT", 1 << 20)
+    reads = MemberReads(monkeypatch)
+    dataset = open_dataset(str(z))
+    assert sorted(m.name for m in dataset.files) == ["000.jpg", "001.jpg"]
+    reasons = {m.name: why for m, why in dataset.bad}
+    zeros, noise = reasons["zeros.jpg"], reasons["noise.jpg"]
+    assert zeros.startswith("inflates") and "not an encoded image" in zeros
+    assert noise.startswith("too many bytes") and "64x64 image" in noise
+    assert sorted(reads.names) == ["000.jpg", "001.jpg"]
+
+
+@pytest.mark.parametrize("source", ["folder", "zip"])
+@pytest.mark.parametrize("backend", ["pillow", "dali"])
+def test_trainer_reports_a_byte_bomb_like_other_skipped_files(tmp_path, monkeypatch, capsys,
+                                                              backend, source):
+    """Both loaders, from a folder (the bomb sparse on disk) and from a zip (deflated): the
+    bomb is skipped and named in the scan's warning; training goes on without it."""
+    from fastwgan import train
+
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    make_good_folder(root, n=8)
+    byte_bomb(root / "bomb.jpg")
+    data = root
+    if source == "zip":
+        data = tmp_path / "d.zip"
+        with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(root.iterdir()):
+                zf.write(f, f.name)
+    assert train.main(["--preset", "smoke", "--no-progress", "--workers", "0", "--data", str(data),
+                       "--data-backend", backend, "--data-mode", "resident",
+                       "--out", str(tmp_path / "r"), "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 8 images" in out and "skipped 1 unusable file(s) of 9" in out
+    assert "bomb.jpg (" + ("too many bytes" if source == "folder" else "inflates") in out
+

@@ -4,7 +4,9 @@ A training run must not die on the 150,000th file because it is truncated. ``sca
 every file cheaply before training (signature, the image size its header claims, end marker;
 Pillow for what is unclear) and leaves out the bad ones, which the caller reports in one warning.
 Every backend decodes only files that passed this check: a small file whose header claims
-30000x30000 pixels (a decompression bomb) is left out before any decoder allocates for it.
+30000x30000 pixels (a decompression bomb) is left out before any decoder allocates for it, and so
+is a file far larger than an image of its header's size can be (a small image followed by a
+gigabyte of zeros, which a loader would read whole: ``byte_limit``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,15 @@ _TAIL = 64  # bytes read from the end of a file to find its end marker (encoders
 # The largest image (width x height) decoded, for every backend: Pillow's own default limit
 # (Image.MAX_IMAGE_PIXELS, about 89 M pixels: 1 GB of 24-bit pixels) unless --max-pixels says otherwise.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The most bytes an encoded image may take per pixel its header states. The largest encodings
+# measured (Pillow 13, 256x256 of uniform noise): a 16-bit RGBA PNG saved without compression is
+# 8 bytes per pixel (plus a filter byte per row), a quality-100 4:4:4 JPEG 4.1 in RGB and 6.3 in
+# CMYK. 16 is twice the worst of them; a photo takes under 1.
+MAX_BYTES_PER_PIXEL = 16
+# ... and at least this many whatever the size: on a small image the metadata dominates (an
+# embedded ICC profile of up to a few MB, EXIF up to 64 KB per segment, XMP). A file that passes
+# makes a loader read at most this much for an image of CelebA's size.
+MIN_BYTES_LIMIT = 16 << 20
 
 
 class DataError(Exception):
@@ -121,9 +132,18 @@ def _pillow_size(f: BinaryIO) -> Optional[tuple[int, int]]:
         return None
 
 
-def screen_size(f: BinaryIO, max_pixels: int) -> Optional[str]:
+def byte_limit(size: Optional[tuple[int, int]], max_pixels: int) -> int:
+    """The most bytes an encoded image of ``size`` (width, height) may plausibly take:
+    ``MAX_BYTES_PER_PIXEL`` per pixel, at least ``MIN_BYTES_LIMIT``. An image whose header states
+    no size is allowed what the largest image (``max_pixels``) is."""
+    pixels = size[0] * size[1] if size is not None else max_pixels
+    return max(MIN_BYTES_LIMIT, MAX_BYTES_PER_PIXEL * pixels)
+
+
+def screen_size(f: BinaryIO, max_pixels: int, nbytes: Optional[int] = None) -> Optional[str]:
     """None when the header at the stream's position states an image of at most ``max_pixels``
-    pixels (or states no size: the decode then decides), else the reason to leave it out.
+    pixels (or states no size: the decode then decides) and the image's ``nbytes`` (when given)
+    are at most ``byte_limit`` of that size, else the reason to leave it out.
 
     A header this parser cannot follow is given to Pillow's header reader where the stream can
     seek back."""
@@ -132,12 +152,14 @@ def screen_size(f: BinaryIO, max_pixels: int) -> Optional[str]:
     if size is None and start is not None:
         f.seek(start)
         size = _pillow_size(f)
-    if size is None:
-        return None
-    w, h = size
-    if w * h > max_pixels:
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
         return (f"too large: its header claims {w}x{h} = {w * h:,} pixels, over the limit of "
                 f"{max_pixels:,} (--max-pixels)")
+    limit = byte_limit(size, max_pixels)
+    if nbytes is not None and nbytes > limit:
+        image = f"a {size[0]}x{size[1]} image" if size is not None else "an image of no stated size"
+        return f"too many bytes: {nbytes:,} for {image}, which takes at most {limit:,}"
     return None
 
 
@@ -197,8 +219,8 @@ def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """None when ``path`` looks like a complete JPEG or PNG of at most ``max_pixels``, else the
     reason it is not.
 
-    Cheap first (the header and the last bytes); only a file whose end marker is not where
-    expected is decoded with Pillow to decide.
+    Cheap first (the header, the file's size and the last bytes); only a file whose end marker
+    is not where expected is decoded with Pillow to decide.
     """
     try:
         size = path.stat().st_size
@@ -207,7 +229,7 @@ def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
         with open(path, "rb") as f:
             head = f.read(16)
             f.seek(0)
-            too_large = screen_size(f, max_pixels)
+            too_large = screen_size(f, max_pixels, size)
             f.seek(max(0, size - _TAIL))
             tail = f.read()
     except OSError as e:
@@ -217,9 +239,9 @@ def check_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
 
 def verdict(head: bytes, tail: bytes, too_large: str | None, whole: Callable[[], Any]) -> str | None:
     """``check_file``'s judgement of an image from its first 16 bytes, its last ``_TAIL`` bytes and
-    what ``screen_size`` said of its header. Only an image whose end marker is not where expected
-    (truncated, or bytes after the marker) is decoded, by Pillow from ``whole()`` (a path or a
-    stream), to decide."""
+    what ``screen_size`` said of its header and size. Only an image whose end marker is not where
+    expected (truncated, or bytes after the marker) is decoded, by Pillow from ``whole()`` (a path
+    or a stream), to decide."""
     if not head.startswith((_JPEG_SOI, _PNG_SIG)):
         return "not a JPEG or PNG"
     if too_large is not None:
