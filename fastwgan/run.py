@@ -28,6 +28,7 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import atomic, distributed
 from fastwgan.config import Config, ConfigError
 from fastwgan.data import Batches, BatchShare, open_dataset
+from fastwgan.data.files import printable
 from fastwgan.data.share import BatchSplitError
 from fastwgan.data.undecodable import undecodable_warning
 from fastwgan.device import amp_dtype, device_label, resolve_device, set_threads
@@ -175,11 +176,12 @@ def setup_data(cfg: Config, share: BatchShare, world: World, resume: Optional[di
 
 def _open_data(cfg: Config, share: BatchShare, world: World, resume: Optional[dict], log):
     dataset = open_dataset(cfg.data, log, cfg.max_pixels)
+    root = printable(dataset.root)  # a folder's name need not be UTF-8
     if dataset.synthetic:
-        log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {dataset.root}). "
+        log(f"data: {len(dataset.files)} SYNTHETIC face images (built in, generated in {root}). "
             "To train on CelebA: --data /path/to/img_align_celeba --crop 108")
     else:
-        log(f"data: {len(dataset.files)} images under {dataset.root}")
+        log(f"data: {len(dataset.files)} images under {root}")
     if dataset.warning():
         log(f"warning: {dataset.warning()}")
     batches = Batches(dataset, cfg.image_size, cfg.crop, share, cfg.seed, world.device,

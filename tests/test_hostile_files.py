@@ -1,4 +1,5 @@
-"""Image folders built to hurt: decompression bombs, byte bombs, symbolic-link loops."""
+"""Image folders built to hurt: decompression bombs, byte bombs, symbolic-link loops, file names
+that are not UTF-8."""
 import io
 import os
 import struct
@@ -12,7 +13,7 @@ from PIL import Image
 from fastwgan.data import DataError, open_dataset
 from fastwgan.data import files as files_module
 from fastwgan.data.files import (DEFAULT_MAX_PIXELS, MIN_BYTES_LIMIT, byte_limit, header_size,
-                                 list_images, load_image, scan_images)
+                                 list_images, load_image, printable, scan_images)
 
 from oddfiles import face_like, make_good_folder
 
@@ -250,3 +251,46 @@ def test_trainer_reports_a_byte_bomb_like_other_skipped_files(tmp_path, monkeypa
     assert "data: 8 images" in out and "skipped 1 unusable file(s) of 9" in out
     assert "bomb.jpg (" + ("too many bytes" if source == "folder" else "inflates") in out
 
+
+# --- file names that are not UTF-8 ---
+
+def test_printable_escapes_the_bytes_of_a_name_that_is_not_utf8():
+    name = os.fsdecode(b"/data/\xff\xfe.jpg")  # as os.listdir gives it: surrogate escapes
+    assert printable(name) == "/data/\\xff\\xfe.jpg"
+    assert printable("/data/caf\u00e9.jpg") == "/data/caf\u00e9.jpg"  # UTF-8 names unchanged
+    assert printable("\ud800") == "\\ud800"  # a surrogate that is no escaped byte
+
+
+@pytest.mark.parametrize("mode", ["resident", "stream"])
+@pytest.mark.parametrize("backend", ["pillow", "dali"])
+def test_names_that_are_not_utf8_train(tmp_path, monkeypatch, capsys, backend, mode):
+    """A folder holding names that are not UTF-8 (legal on Linux): a good image, an unusable one
+    and one that passes the scan but does not decode. The run trains on the good one (the cache
+    key hashes its name's bytes; DALI, which refuses such names, gets its bytes), and names the
+    others with the odd bytes escaped, on the console (captured here by a strict UTF-8 stream,
+    which refuses surrogates) and in train.log."""
+    from fastwgan import train
+
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    monkeypatch.setenv("FASTWGAN_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    make_good_folder(root, n=24)  # DALI's stream gives up after 3 batches in a row with the garbage
+    os.rename(root / "003.jpg", os.path.join(os.fsencode(root), b"\xff\xfe.jpg"))
+    with open(os.path.join(os.fsencode(root), b"\xfe\xff-bad.jpg"), "wb") as f:
+        f.write(b"not an image")
+    noise = np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8)
+    with open(os.path.join(os.fsencode(root), b"zz\xfd-garbage.jpg"), "wb") as f:
+        # passes the scan (start and end markers), does not decode
+        f.write(b"\xff\xd8\xff" + bytes(noise) + b"\xff\xd9")
+    out_dir = tmp_path / "r"
+    assert train.main(["--preset", "smoke", "--no-progress", "--workers", "0", "--data", str(root),
+                       "--data-backend", backend, "--data-mode", mode, "--out", str(out_dir),
+                       "--iters", "2", "--log-every", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 25 images" in out  # the 24 good ones (one with the odd name) and the garbage
+    assert "\\xfe\\xff-bad.jpg (not a JPEG or PNG)" in out
+    log = (out_dir / "train.log").read_text(encoding="utf-8")
+    assert "\\xfe\\xff-bad.jpg (not a JPEG or PNG)" in log
+    if mode == "resident":  # a stream meets the garbage only when a batch draws it
+        assert "zz\\xfd-garbage.jpg" in log

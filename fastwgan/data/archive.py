@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import Sequence
 
 from fastwgan.data.files import (_TAIL, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, MIN_BYTES_LIMIT,
-                                 DataError, Scan, screen_size, verdict)
+                                 DataError, Scan, printable, screen_size, verdict)
 
 # How many times its stored size a member may inflate to. JPEG and PNG data are compressed
 # already: deflate gains about 5% on them (measured, 1024x1024: JPEG q90 and q100, a default PNG);
@@ -138,15 +138,15 @@ def scan_zip(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> S
     """The images inside a zip, screened; DataError for a zip that cannot train."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data not found: {path}")
+        raise DataError(printable(f"data not found: {path}"))
     if not path.is_file() or not zipfile.is_zipfile(path):
-        raise DataError(f"--data {path} is not a zip file")
+        raise DataError(printable(f"--data {path} is not a zip file"))
     st = path.stat()
     try:
         with zipfile.ZipFile(path) as zf:
             members = _image_members(zf)
             if not members:
-                raise DataError(f"no .jpg, .jpeg or .png files found inside {path}")
+                raise DataError(printable(f"no .jpg, .jpeg or .png files found inside {path}"))
             files, bad = [], []
             for info in members:
                 version = hash((st.st_size, st.st_mtime_ns, info.CRC)) & (2**63 - 1)
@@ -158,11 +158,12 @@ def scan_zip(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> S
                     why = f"damaged in the zip: {str(e).splitlines()[0][:100]}"
                 (bad.append((m, why)) if why else files.append(m))
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"--data {path}: cannot read the zip, it is damaged or truncated "
-                        f"({str(e).splitlines()[0][:100] or type(e).__name__})") from None
+        reason = str(e).splitlines()[0][:100] or type(e).__name__
+        raise DataError(printable(f"--data {path}: cannot read the zip, it is damaged or "
+                                  f"truncated ({reason})")) from None
     if not files:
-        raise DataError(f"none of the {len(members)} image files inside {path} could be read "
-                        f"(first: {bad[0][0].name}: {bad[0][1]})")
+        raise DataError(printable(f"none of the {len(members)} image files inside {path} could be "
+                                  f"read (first: {bad[0][0].name}: {bad[0][1]})"))
     return Scan(path, files, bad)
 
 

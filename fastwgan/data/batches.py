@@ -17,7 +17,7 @@ import torch
 
 from fastwgan.data.archive import archive_note, from_archive
 from fastwgan.data.dataset import Dataset
-from fastwgan.data.files import DataError
+from fastwgan.data.files import DataError, printable
 from fastwgan.data.order import epoch_batches_nhwc, resident_batches
 from fastwgan.data.pillow import load_resident, stream_batches
 from fastwgan.data.sampler import ResidentSampler
@@ -100,8 +100,8 @@ class Batches:
         self.share = as_share(batch_size)
         self.global_batch = self.share.global_batch
         if len(dataset.files) < self.global_batch:
-            raise DataError(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
-                            f"fewer than one batch of {self.global_batch}")
+            raise DataError(printable(f"{len(dataset.files)} usable image(s) under {dataset.root}, "
+                                      f"fewer than one batch of {self.global_batch}"))
         self.device, self.position = device, start
         # this rank's images per batch
         self.batch_size, self.from_cache, self.note, self.decoder = self.share.local, False, "", ""

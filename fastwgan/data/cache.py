@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +29,8 @@ def cache_key(files: Sequence[Path], image_size: int, crop: int | None) -> str:
     h.update(json.dumps({"v": CACHE_VERSION, "size": image_size, "crop": crop}).encode())
     for p in files:
         st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # the name as the file system's bytes: a name that is not UTF-8 (legal on Linux) hashes too
+        h.update(os.fsencode(str(p)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 

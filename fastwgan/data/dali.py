@@ -18,7 +18,9 @@ Two ways to feed training:
 Files on disk are read by ``fn.readers.file``. Members of a zip (``archive.ZipMember``) have no path
 DALI can open: this process reads their encoded bytes from the zip and gives them to the same
 decode graph through ``fn.external_source`` (``EncodedBatches``), in the same order, so that a zip
-decodes exactly as the same files unpacked.
+decodes exactly as the same files unpacked. So are files on disk where a name among them is not
+UTF-8 (legal on Linux): DALI's reader refuses such a name ("Unsupported argument type with name
+files").
 
 Where DALI differs from Pillow (measured with DALI's CPU decoder in tests/test_dali.py; nvJPEG on
 the GPU rounds its IDCT and colour conversion its own way, and its tolerance there is wider):
@@ -56,7 +58,7 @@ import torch
 
 from fastwgan.data.archive import from_archive
 from fastwgan.data.cache import cache_key, read_cache, write_cache
-from fastwgan.data.files import default_workers
+from fastwgan.data.files import default_workers, printable
 from fastwgan.data.order import EpochBatches
 from fastwgan.data.pillow import ImageFiles, decode_files
 from fastwgan.data.share import BatchShare, as_share
@@ -142,8 +144,8 @@ def center_crop_resize(images, shapes, image_size: int, crop: Optional[int]):
 
 
 class EncodedBatches:
-    """The encoded bytes of ``files`` (zip members, anything with ``read_bytes``) batch by batch,
-    for ``fn.external_source(batch=True)``: batch ``i`` is a list of 1-D uint8 arrays, files
+    """The encoded bytes of ``files`` (zip members, paths: anything with ``read_bytes``) batch by
+    batch, for ``fn.external_source(batch=True)``: batch ``i`` is a list of 1-D uint8 arrays, files
     ``i * batch_size`` onwards in order, the last batch smaller; StopIteration past the end.
 
     A function of the batch number alone, as DALI asks of a batch callback (it calls ahead of the
@@ -173,6 +175,17 @@ def _encoded(f) -> np.ndarray:
         return np.empty(0, dtype=np.uint8)
 
 
+def names_are_utf8(files: Sequence) -> bool:
+    """Whether DALI's file reader can take ``files`` by name: DALI takes names as UTF-8 text, and
+    refuses the surrogate escapes Python holds a name's other bytes in."""
+    try:
+        for f in files:
+            str(f).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def build_pipeline(files: Sequence[Path], image_size: int, crop: Optional[int], batch_size: int,
                    device: torch.device, workers: int = -1, prefetch: int = PREFETCH,
                    shard_id: int = 0, num_shards: int = 1, seed: int = 0):
@@ -190,7 +203,7 @@ def build_pipeline(files: Sequence[Path], image_size: int, crop: Optional[int], 
     device_id = dali_device_id(device)
     mixed = device_id is not None
     source = None
-    if from_archive(files):
+    if from_archive(files) or not names_are_utf8(files):
         n = len(files)
         source = EncodedBatches(files[n * shard_id // num_shards:n * (shard_id + 1) // num_shards],
                                 batch_size)
@@ -291,8 +304,9 @@ def decode_dali(files: Sequence[Path], image_size: int, crop: Optional[int], dev
             if k != lo + len(chunk):
                 raise RuntimeError(f"DALI returned {k - lo} of {len(chunk)} images")
         except RuntimeError as e:
-            warnings.warn(f"DALI stopped on a file among {chunk[0].name} .. {chunk[-1].name} "
-                          f"({error_reason(e)}); decoding these {len(chunk)} files with Pillow")
+            warnings.warn(printable(f"DALI stopped on a file among {chunk[0].name} .. "
+                                    f"{chunk[-1].name} ({error_reason(e)}); decoding these "
+                                    f"{len(chunk)} files with Pillow"))
             arr, chunk_bad = decode_files(chunk, image_size, crop, workers)
             out[lo:lo + len(chunk)].copy_(torch.from_numpy(arr).permute(0, 2, 3, 1))
             bad += [(lo + i, path, why) for i, path, why in chunk_bad]

@@ -44,6 +44,17 @@ class DataError(Exception):
     """Data that cannot train at all (no folder, no usable image): one line, exit code 2."""
 
 
+def printable(path: Any) -> str:
+    """``path`` (or any text naming files) as messages show it. A file name need not be UTF-8 on
+    Linux; Python holds its other bytes as surrogate escapes, which printing or a UTF-8 log
+    refuses: they are shown as ``\\xff`` escapes instead."""
+    text = str(path)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class Scan:
     """The usable files of a folder and the ones left out, each with the reason."""
@@ -57,8 +68,8 @@ class Scan:
             return None
         shown = ", ".join(f"{p.name} ({why})" for p, why in self.bad[:3])
         more = f" and {len(self.bad) - 3} more" if len(self.bad) > 3 else ""
-        return (f"skipped {len(self.bad)} unusable file(s) of {len(self.files) + len(self.bad)} "
-                f"under {self.root}: {shown}{more}")
+        return printable(f"skipped {len(self.bad)} unusable file(s) of "
+                         f"{len(self.files) + len(self.bad)} under {self.root}: {shown}{more}")
 
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): not DHT (C4),
@@ -183,9 +194,9 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     """
     root = Path(root)
     if not root.exists():
-        raise DataError(f"data folder not found: {root}")
+        raise DataError(printable(f"data folder not found: {root}"))
     if not root.is_dir():
-        raise DataError(f"--data must be a folder of images, got a file: {root}")
+        raise DataError(printable(f"--data must be a folder of images, got a file: {root}"))
     found = []
     visited = {_identity(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -261,7 +272,7 @@ def scan_images(root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     root = Path(root)
     candidates = list_images(root)
     if not candidates:
-        raise DataError(f"no .jpg, .jpeg or .png files found under {root}")
+        raise DataError(printable(f"no .jpg, .jpeg or .png files found under {root}"))
     files, bad = [], []
     for p in candidates:
         why = check_file(p, max_pixels)
@@ -270,8 +281,8 @@ def scan_images(root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
         else:
             bad.append((p, why))
     if not files:
-        raise DataError(f"none of the {len(candidates)} image files under {root} could be read "
-                        f"(first: {bad[0][0].name}: {bad[0][1]})")
+        raise DataError(printable(f"none of the {len(candidates)} image files under {root} could "
+                                  f"be read (first: {bad[0][0].name}: {bad[0][1]})"))
     return Scan(root, files, bad)
 
 

@@ -24,7 +24,10 @@ from fastwgan.data.undecodable import fill_from_next, hand_over, warn_replaced
 
 
 def _reason(e: Exception, path: Path) -> str:
-    why = str(e).split("\n")[0].replace(f"'{path}'", "").replace(str(path), "").strip()
+    why = str(e).split("\n")[0]
+    for name in (repr(str(path)), str(path)):  # Pillow names the file as repr() writes it
+        why = why.replace(name, "")
+    why = why.strip()
     return why[:120] or type(e).__name__
 
 

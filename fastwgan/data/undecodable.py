@@ -12,12 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from fastwgan.data.files import DataError
+from fastwgan.data.files import DataError, printable
 
 
 def warn_replaced(path: str, why: str) -> None:
     """What a loader says when it met a file that does not decode, and used the next image."""
-    warnings.warn(f"could not decode {path} ({why}); using the next image instead")
+    warnings.warn(printable(f"could not decode {path} ({why}); using the next image instead"))
 
 
 def fill_from_next(images, bad: Sequence[int]) -> None:
@@ -38,8 +38,8 @@ def undecodable_warning(failed: Sequence[tuple[str, str]], n: int) -> str:
     """One line for files that passed the scan but failed to decode (each replaced by the next)."""
     shown = ", ".join(f"{Path(p).name} ({why})" for p, why in failed[:3])
     more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-    return (f"{len(failed)} of {n} image(s) could not be decoded and were replaced by the next "
-            f"image in the folder: {shown}{more}")
+    return printable(f"{len(failed)} of {n} image(s) could not be decoded and were replaced by the "
+                     f"next image in the folder: {shown}{more}")
 
 
 def hand_over(bad: Sequence[tuple[str, str]], n: int, failed: list | None) -> None:
