@@ -27,7 +27,8 @@ from fastwgan import build
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import atomic, distributed
 from fastwgan.config import Config, ConfigError
-from fastwgan.data import Batches, BatchShare, open_dataset
+from fastwgan.data import (Batches, BatchShare, DataError, open_dataset, resolve_backend,
+                           resolve_mode)
 from fastwgan.data.files import printable
 from fastwgan.data.share import BatchSplitError
 from fastwgan.data.undecodable import undecodable_warning
@@ -169,12 +170,33 @@ def log_start(cfg: Config, world: World, engine, dtype, threads: int, batches: B
 def setup_data(cfg: Config, share: BatchShare, world: World, resume: Optional[dict], log):
     """The dataset and this rank's batches (its share of each global batch), from the resume
     point on. With several processes, each machine's first one goes first: it generates the
-    built-in faces or decodes the resident set into the cache, and the others read the cache."""
-    return distributed.machine_leader_first(lambda: _open_data(cfg, share, world, resume, log),
-                                            world)
+    built-in faces or decodes the resident set into the cache, and the others read the cache;
+    between the two, the ranks agree on one data mode (``agree_data_mode``)."""
+    dataset = distributed.machine_leader_first(lambda: _open_files(cfg, log), world)
+    mode = agree_data_mode(cfg, len(dataset.files), world)
+    batches = distributed.machine_leader_first(
+        lambda: _open_batches(cfg, dataset, mode, share, world, resume, log), world)
+    return dataset, batches
 
 
-def _open_data(cfg: Config, share: BatchShare, world: World, resume: Optional[dict], log):
+def agree_data_mode(cfg: Config, n_images: int, world: World) -> str:
+    """``--data-mode`` as every rank takes it. With "auto" a process decides from its own memory
+    (``resident_budget``: for DALI on a GPU, its free GPU memory), which differs from rank to rank;
+    but the ranks must load alike (a resident set feeds the fast engine i.i.d. draws, a stream the
+    epoch order, and the checkpoint keeps one data position for all). So every rank streams where
+    some rank would: none is made to hold a set that does not fit. One process decides alone,
+    in ``Batches`` (which re-decides for Pillow where DALI fails to start)."""
+    if cfg.data_mode != "auto" or not world.distributed:
+        return cfg.data_mode
+    try:
+        backend = resolve_backend(cfg.data_backend)
+    except (DataError, ValueError):  # Batches says what is wrong with --data-backend
+        backend = "pillow"
+    mine = resolve_mode("auto", n_images, cfg.image_size, backend, world.device)
+    return "stream" if distributed.any_rank(mine == "stream", world) else "resident"
+
+
+def _open_files(cfg: Config, log):
     dataset = open_dataset(cfg.data, log, cfg.max_pixels)
     root = printable(dataset.root)  # a folder's name need not be UTF-8
     if dataset.synthetic:
@@ -184,14 +206,19 @@ def _open_data(cfg: Config, share: BatchShare, world: World, resume: Optional[di
         log(f"data: {len(dataset.files)} images under {root}")
     if dataset.warning():
         log(f"warning: {dataset.warning()}")
+    return dataset
+
+
+def _open_batches(cfg: Config, dataset, mode: str, share: BatchShare, world: World,
+                  resume: Optional[dict], log) -> Batches:
     batches = Batches(dataset, cfg.image_size, cfg.crop, share, cfg.seed, world.device,
-                      mode=cfg.data_mode, workers=cfg.workers,
+                      mode=mode, workers=cfg.workers,
                       start=resume["data_position"] if resume else 0, progress=cfg.progress,
                       backend=cfg.data_backend)
     log(f"loader: {batches.describe()}")
     if batches.undecodable:
         log(f"warning: {undecodable_warning(batches.undecodable, len(dataset.files))}")
-    return dataset, batches
+    return batches
 
 
 def setup_models(cfg: Config, device: torch.device, dtype, batches: Batches, world: World,

@@ -308,8 +308,42 @@ def job_leader_first(world: World):
     return out
 
 
+def job_data_mode(world: World):
+    """``setup_data`` with ``--data-mode auto`` where the ranks would decide differently: rank 0
+    has room for the decoded set, rank 1 none (its ``resident_budget``, for DALI on a GPU its free
+    GPU memory, set to 0 here). The mode each rank decides alone, and the one its batches take."""
+    import tempfile
+    from pathlib import Path
+
+    from fastwgan.data import batches as data_batches
+    from fastwgan.data.share import BatchShare
+    from fastwgan.run import setup_data
+
+    from oddfiles import make_good_folder
+
+    root = Path(tempfile.mkdtemp(prefix=f"rank{world.rank}-"))  # under the tests' TMPDIR
+    make_good_folder(root / "d", n=8)
+    saved = data_batches.resident_budget, os.environ.get("FASTWGAN_CACHE")
+    budget = 1 << 30 if world.rank == 0 else 0
+    data_batches.resident_budget = lambda backend="pillow", device=None: budget
+    os.environ["FASTWGAN_CACHE"] = str(root / "cache")
+    try:
+        cfg = Config(data=str(root / "d"), image_size=16, batch_size=8, data_mode="auto",
+                     data_backend="pillow", workers=0, progress=False)
+        _, batches = setup_data(cfg, BatchShare(8, world.rank, world.world_size), world, None,
+                                lambda *_: None)
+        return {"alone": data_batches.resolve_mode("auto", 8, 16), "mode": batches.mode}
+    finally:
+        data_batches.resident_budget = saved[0]
+        if saved[1] is None:
+            os.environ.pop("FASTWGAN_CACHE")
+        else:
+            os.environ["FASTWGAN_CACHE"] = saved[1]
+
+
 _JOBS = {"leader_first": job_leader_first, "engines": job_engines, "count": job_count_collectives, "checksum": job_checksum,
-         "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic, "broadcast": job_broadcast}
+         "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic, "broadcast": job_broadcast,
+         "data_mode": job_data_mode}
 
 
 def _worker(rank, world_size, store, out_dir, jobs):
@@ -533,6 +567,13 @@ def test_machine_leader_first(ranks):
     assert other["ok"][0] >= leader["ok"][1]
     assert leader["raised"] == "the leader's data is bad" and "raised" not in other
     assert other["after_failure"][0] >= leader["after_failure"][1]
+
+
+def test_ranks_agree_on_one_data_mode(ranks):
+    """Where one rank would keep the decoded set resident and another would stream it, all
+    stream: the ranks load alike, and none holds a set it has no room for."""
+    assert [ranks[r]["data_mode"]["alone"] for r in range(WORLD)] == ["resident", "stream"]
+    assert [ranks[r]["data_mode"]["mode"] for r in range(WORLD)] == ["stream", "stream"]
 
 
 def test_split_batch():

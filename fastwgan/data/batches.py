@@ -56,20 +56,25 @@ def dali_missing_note(requested: str, resolved: str, device: torch.device) -> st
     return ""
 
 
+def resident_budget(backend: str = "pillow", device: Optional[torch.device] = None) -> float:
+    """The most bytes a decoded set may take to be kept resident: ``RESIDENT_MAX_BYTES`` of host
+    memory, or for DALI on a GPU (which decodes straight into GPU memory)
+    ``RESIDENT_GPU_FRACTION`` of this process's free GPU memory, which differs from process to
+    process (a rank's choice is agreed with the others': fastwgan.run.agree_data_mode)."""
+    if backend == "dali" and device is not None and device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return RESIDENT_GPU_FRACTION * free
+    return RESIDENT_MAX_BYTES
+
+
 def resolve_mode(mode: str, n_images: int, image_size: int, backend: str = "pillow",
                  device: Optional[torch.device] = None) -> str:
-    """"resident" or "stream" for ``--data-mode`` (auto: resident when the decoded set is small).
-
-    Small means at most ``RESIDENT_MAX_BYTES`` of host memory, or for DALI on a GPU (which decodes
-    straight into GPU memory) at most ``RESIDENT_GPU_FRACTION`` of the free GPU memory.
-    """
+    """"resident" or "stream" for ``--data-mode`` (auto: resident when the decoded set is small:
+    at most ``resident_budget`` bytes)."""
     if mode != "auto":
         return mode
     nbytes = n_images * 3 * image_size * image_size
-    if backend == "dali" and device is not None and device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return "resident" if nbytes <= RESIDENT_GPU_FRACTION * free else "stream"
-    return "resident" if nbytes <= RESIDENT_MAX_BYTES else "stream"
+    return "resident" if nbytes <= resident_budget(backend, device) else "stream"
 
 
 class Batches:
