@@ -8,23 +8,31 @@
 #                                   # says), else it is the first call of a later lease
 #
 # Stage 1, in this order; a step that runs over its limit is cut and the next one runs:
-#   smoke          60 s  python -m fastwgan.check: environment, each kernel against its twin at the
-#                        trainer's shapes, graph replay against eager, fast against reference. The
-#                        script STOPS here (exit 3) if fastwgan or its kernels do not import or a
-#                        kernel fails to launch or disagrees with its twin: a broken environment
-#                        costs a minute, not the lease. (A cut at 60 s, with kernels compiling,
-#                        loses only the later lines; the GPU tests repeat those checks.)
-#   data           40 s  the built-in synthetic faces, generated once (4,000 JPEGs, 16 cores) and
+#   smoke         150 s  python -m fastwgan.check: environment, import, graph replay against eager,
+#                        fast against reference (these compile the kernels the trainer launches),
+#                        then each kernel against its twin at the trainer's shapes. The script
+#                        STOPS here (exit 3) only if fastwgan or its kernels do not import, or a
+#                        kernel does not compile or launch (a FAIL whose error is not an
+#                        AssertionError): a broken environment costs a few minutes, not the lease.
+#                        A numeric disagreement is a FAIL line in check.txt and the run goes on.
+#                        The step is bound by compilation: cold, Triton 3.6 compiles ~60 kernel
+#                        variants and builds a C launcher per signature, one after another, besides
+#                        CUDA's start, cuDNN's autotuning and the captures (tests/aot_compile.py
+#                        --all --launchers on 2 loaded CPU cores: 95 variants in 27 s, 8 launchers
+#                        at 0.3 s each; bench/RESULTS.md). Its cache (.cache/triton) serves every
+#                        later step.
+#   data           25 s  the built-in synthetic faces, generated once (4,000 JPEGs, 16 cores) and
 #                        decoded into the cache, for the benchmarks that would otherwise wait for it
-#   gpu-tests      90 s  pytest -m "gpu and not slow"; the BatchNorm kernel matrix is the trainer's
-#                        launches (FASTWGAN_GPU_MATRIX=full: all of it, stage 2)
-#   bench-optim    40 s  RMSprop + clip: eager rows, and in CUDA graphs beside the copy bandwidth
-#   bench-bn-act   60 s  BatchNorm + activation, bf16: eager and Triton rows, and the same in CUDA
+#   gpu-tests      75 s  pytest -m "gpu and not slow"; the BatchNorm kernel matrix is the trainer's
+#                        launches, compiled by the smoke step (FASTWGAN_GPU_MATRIX=full: all of
+#                        it, stage 2)
+#   bench-optim    30 s  RMSprop + clip: eager rows, and in CUDA graphs beside the copy bandwidth
+#   bench-bn-act   45 s  BatchNorm + activation, bf16: eager and Triton rows, and the same in CUDA
 #                        graphs beside the copy bandwidth (no torch.compile rows: stage 2)
-#   bench-train    70 s  end to end, every engine but torch.compile
-#   profile-fast   35 s  one iteration of the fast engine (graphs, bf16), kernel by kernel
-#   profile-ref    25 s  the same for the eager fp32 reference, in a process of its own
-#   bench-data     30 s  the loaders and the resident sampler
+#   bench-train    55 s  end to end, every engine but torch.compile
+#   profile-fast   25 s  one iteration of the fast engine (graphs, bf16), kernel by kernel
+#   profile-ref    20 s  the same for the eager fp32 reference, in a process of its own
+#   bench-data     25 s  the loaders and the resident sampler
 # Stage 2: bench-compile 120 s (the reference under torch.compile max-autotune), bench-bn-act-compile
 #   50 s (Inductor's fused BatchNorm rows), gpu-tests-full 60 s (the whole kernel matrix; the
 #   kernels compiled in stage 1 come from the Triton cache).
@@ -107,14 +115,16 @@ bench() {  # name, limit, pytest arguments...
   summarize
 }
 
-smoke_failed() {  # whether the self-check found fastwgan, its kernels or a kernel launch broken
+smoke_failed() {  # whether the self-check found fastwgan or its kernels unable to import or launch
   python - "$OUT/check.json" <<'EOF'
 import json, sys
 try:
     results = json.load(open(sys.argv[1]))["results"]
 except (OSError, ValueError, KeyError):
     sys.exit(0)  # no report at all: fastwgan did not even import
-broken = [r for r in results if r["status"] == "FAIL" and r["name"].startswith(("import", "kernel"))]
+# a disagreement with the twin (AssertionError) is recorded in check.txt, and the run goes on
+broken = [r for r in results if r["status"] == "FAIL" and r["name"].startswith(("import", "kernel"))
+          and r.get("error") != "AssertionError"]
 for r in broken:
     print(f"FAIL  {r['name']}: {r['detail']}")
 sys.exit(0 if broken else 1)
@@ -122,7 +132,7 @@ EOF
 }
 
 if [ "$STAGE" = 1 ]; then
-  step smoke 60 python -m fastwgan.check --json "$OUT/check.json"
+  step smoke 150 python -m fastwgan.check --json "$OUT/check.json"
   cp "$DETAIL/smoke.log" "$OUT/check.txt"
   if smoke_failed; then
     echo "smoke: fastwgan or its kernels are broken on this machine; stopping (see check.txt)" \
@@ -130,7 +140,7 @@ if [ "$STAGE" = 1 ]; then
     tar -czf "$OUT/detail.tar.gz" -C "$DETAIL" .
     exit 3
   fi
-  step data 40 python - <<'EOF'
+  step data 25 python - <<'EOF'
 import torch
 from fastwgan.data import Batches, open_dataset
 # generated, then decoded into the cache as bench/test_bench_train.py reads them (64x64 on a GPU)
@@ -139,13 +149,13 @@ size = 64 if device.type == "cuda" else 32
 batches = Batches(open_dataset(None), size, 108, 64, seed=0, device=device, mode="resident")
 print(f"{len(batches.data)} images at {size}x{size}: {batches.describe()}")
 EOF
-  step gpu-tests 90 python -m pytest -m "gpu and not slow" tests/ -q -rfE -p no:cacheprovider $XDIST
-  bench bench-optim 40 bench/test_bench_optim.py -k "not compile"
-  FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act 60 bench/test_bench_bn_act.py -k "not compile"
-  bench bench-train 70 bench/test_bench_train.py -k "not compiled"
-  step profile-fast 35 python bench/profile_step.py --engine fast-graphs --amp --out "$OUT/profile.md"
-  step profile-ref 25 python bench/profile_step.py --engine reference --out "$OUT/profile.md"
-  bench bench-data 30 bench/test_bench_data.py
+  step gpu-tests 75 python -m pytest -m "gpu and not slow" tests/ -q -rfE -p no:cacheprovider $XDIST
+  bench bench-optim 30 bench/test_bench_optim.py -k "not compile"
+  FASTWGAN_BENCH_DTYPES=bfloat16 bench bench-bn-act 45 bench/test_bench_bn_act.py -k "not compile"
+  bench bench-train 55 bench/test_bench_train.py -k "not compiled"
+  step profile-fast 25 python bench/profile_step.py --engine fast-graphs --amp --out "$OUT/profile.md"
+  step profile-ref 20 python bench/profile_step.py --engine reference --out "$OUT/profile.md"
+  bench bench-data 25 bench/test_bench_data.py
   GPUS=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
   if [ "${GPUS:-0}" -gt 1 ]; then
     bench bench-scaling 240 bench/test_bench_scaling.py

@@ -2,14 +2,18 @@
 
 Run it first on a new GPU machine. It prints the environment (torch, Triton, the CUDA driver and
 runtime, the GPU, a C compiler and Python's headers for Triton's launcher, DALI and whether its
-CUDA version fits the driver), then one line per check, PASS, FAIL or SKIP (with why) and its time:
+CUDA version fits the driver), then one line per check, PASS, FAIL or SKIP (with why) and its time,
+in this order (the import first; then the engines, which compile the kernels the trainer launches,
+so that a run cut short by a time limit on a fresh machine has checked those):
 
+* ``import fastwgan.kernels``;
+* a CUDA-graph capture and replay of the fast engine's iteration against the same engine eager;
+* a short fast-vs-reference run in fp32 (TF32 off), compared after every critic and generator step;
 * each fused kernel against its plain-PyTorch twin, at the shapes the trainer launches (the
   64x64 DCGAN at batch 64, channels_last; fp32 and bf16; ``--full`` adds NCHW): RMSprop + clip
   over the critic's and the generator's flat parameter buffers, BatchNorm + activation forward
-  and backward for every block;
-* a CUDA-graph capture and replay of the fast engine's iteration against the same engine eager;
-* a short fast-vs-reference run in fp32 (TF32 off), compared after every critic and generator step;
+  and backward for every block (the gradients without the elements tied at the activation's
+  threshold, counted on the line: ``fastwgan.parity.untie``);
 * NVIDIA DALI's decoder against Pillow on a few synthetic JPEGs (nvJPEG on a GPU, its CPU decoder
   without one).
 
@@ -18,6 +22,8 @@ Triton is installed), the fast engine with the twins against the reference, DALI
 the rest is SKIP for want of a GPU. ``--bench`` adds a speed table of about 30 s (the fast engine
 against the eager fp32 reference, measured in the same run); ``--json FILE`` writes everything.
 Exit status 0 when nothing failed (skips are not failures), 1 when a check failed, 2 on bad flags.
+In the JSON a FAIL's ``error`` is its exception's type: AssertionError where the check ran and its
+results disagree, another where it could not run (import, compilation, launch).
 
 The engine checks and the speed table run the networks the trainer builds (``fastwgan.build``)
 for ``--preset`` and ``--loss`` (default: the paper's recipe on a GPU, the cpu preset on a CPU),
@@ -67,11 +73,15 @@ class Result:
     status: str      # PASS, FAIL or SKIP
     seconds: float
     detail: str = ""  # why it failed or was skipped; what it measured when it passed
+    # a FAIL's exception type: AssertionError where the check ran and its results disagree, any
+    # other where it could not run (an import, a compilation, a launch, the device)
+    error: str = ""
 
 
 def run_check(name: str, fn: Callable[[], Optional[str]]) -> Result:
     """``fn`` returns None (or a note) when it passed, raises Skip, AssertionError or anything else."""
     t0 = time.perf_counter()
+    error = ""
     try:
         note = fn()
         if torch.cuda.is_initialized():  # the device work counts in the time, its errors here
@@ -80,8 +90,8 @@ def run_check(name: str, fn: Callable[[], Optional[str]]) -> Result:
     except Skip as e:
         status, detail = SKIP, str(e)
     except Exception as e:  # noqa: BLE001 - a check that breaks is a failed check, reported
-        status, detail = FAIL, one_line(e)
-    return Result(name, status, round(time.perf_counter() - t0, 3), detail)
+        status, detail, error = FAIL, one_line(e), type(e).__name__
+    return Result(name, status, round(time.perf_counter() - t0, 3), detail, error)
 
 
 # --- environment ---------------------------------------------------------------------------------
@@ -192,16 +202,17 @@ def kernels_can_run(device: torch.device) -> None:
     """Raise Skip when the Triton kernels cannot run on ``device``'s tensors."""
     if device.type == "cuda":
         if importlib.util.find_spec("triton") is None:
-            raise AssertionError("Triton is not installed: the fast engine cannot run")
+            raise ImportError("Triton is not installed: the fast engine cannot run")
         return
     problem = interpreter_problem()
     if problem:
         raise Skip(problem)
 
 
-def kernel_check(device: torch.device, case: Callable, *args) -> None:
+def kernel_check(device: torch.device, case: Callable, *args) -> Optional[str]:
+    """``case`` where the kernels can run; its note (the ties a BatchNorm case left out)."""
     kernels_can_run(device)
-    case(*args)
+    return case(*args)
 
 
 def _layout_name(layout) -> str:
@@ -494,12 +505,14 @@ def all_checks(device: torch.device, full: bool, cfg=None) -> Iterator[tuple[str
     def imports():
         importlib.import_module("fastwgan.kernels")
         if device.type == "cuda" and importlib.util.find_spec("triton") is None:
-            raise AssertionError("Triton is not installed")
+            raise ImportError("Triton is not installed")
 
     yield "import fastwgan.kernels", imports
-    yield from kernel_checks(device, full, cfg)
+    # the engines first: they launch the kernels the trainer launches, and on a fresh GPU machine
+    # compiling those is most of the time a check takes, so a run cut short has checked them
     yield "fast engine: CUDA graph replay vs eager", lambda: check_graphs(device, cfg)
     yield "fast engine vs reference, fp32, step by step", lambda: check_fast_vs_reference(device, cfg)
+    yield from kernel_checks(device, full, cfg)
     yield "DALI decode vs Pillow", lambda: check_dali(device)
 
 

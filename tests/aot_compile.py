@@ -8,13 +8,17 @@ channels_last; fp32 and bf16) through Triton's ahead-of-time path (``ASTSource``
 variant: its name and the cubin's registers, stack and local memory (where spills go), or the
 error.
 
-    env -u TRITON_INTERPRET python tests/aot_compile.py [--all]
+    env -u TRITON_INTERPRET python tests/aot_compile.py [--all] [--launchers]
 
 It must run without TRITON_INTERPRET (the interpreter replaces ``@triton.jit`` functions), hence
 a script of its own, which tests/test_kernels_compile.py runs in a subprocess. ``--all`` adds
 NCHW layouts and eval-mode forwards. Pointers and the sizes M, C, S and n_elements are declared
 16-aligned, as a real launch at these shapes specialises them; other launch specialisations
-(arguments equal to 1) are not reproduced.
+(arguments equal to 1) are not reproduced. Each row has the seconds its compilation took (cold when
+TRITON_CACHE_DIR is a new folder). ``--launchers`` (Triton 3.6, which builds a C launcher per
+kernel signature, as the GPU machines' version does) also builds that launcher as the JIT would
+(its source, its compiler command, without linking libcuda: there is no GPU here), once per
+distinct source as the JIT's cache does, and adds the seconds it took.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -59,7 +65,7 @@ def resources(cubin: bytes) -> dict:
     return {"regs": int(found["REG"]), "stack": int(found["STACK"]), "local": int(found["LOCAL"])}
 
 
-def compile_variant(kernel, dtype: str, constexprs: dict, num_warps: int) -> dict:
+def source(kernel, dtype: str, constexprs: dict) -> ASTSource:
     names = kernel.arg_names
     sig = {}
     for n in names:
@@ -75,10 +81,34 @@ def compile_variant(kernel, dtype: str, constexprs: dict, num_warps: int) -> dic
     # that are multiples of 16 (true of every DCGAN shape and of the parameter counts)
     aligned = [n for n in names if sig[n].startswith("*") or n in ALIGNED_INTS]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    src = ASTSource(fn=kernel, signature=sig, attrs=attrs,
-                    constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    return ASTSource(fn=kernel, signature=sig, attrs=attrs,
+                     constexprs={(names.index(n),): v for n, v in constexprs.items()})
+
+
+def compile_variant(src: ASTSource, num_warps: int) -> dict:
+    t0 = time.perf_counter()
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    return resources(compiled.asm["cubin"])
+    return {**resources(compiled.asm["cubin"]), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def build_launcher(src: ASTSource, built: set) -> float:
+    """Seconds to build the C launcher that Triton 3.6's JIT builds for ``src``'s signature; 0
+    where the same source was built already (the JIT caches launchers by their source)."""
+    from triton.backends.nvidia import driver
+    from triton.runtime import build
+
+    names = src.fn.arg_names
+    constants = {(names.index(k),) if isinstance(k, str) else k: v for k, v in src.constants.items()}
+    code = driver.make_launcher(constants, dict(src.signature), None)
+    if code in built:
+        return 0.0
+    built.add(code)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "launcher.c"
+        path.write_text(code)
+        t0 = time.perf_counter()
+        build._build("launcher", str(path), tmp, [], driver.include_dirs, [], [])
+        return round(time.perf_counter() - t0, 3)
 
 
 def variants(full: bool):
@@ -126,14 +156,22 @@ def variants(full: bool):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--all", action="store_true", help="NCHW layouts and eval-mode forwards too")
+    p.add_argument("--launchers", action="store_true", help="build each C launcher too (Triton 3.6)")
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET"):
         print("unset TRITON_INTERPRET: the interpreter replaces the kernels", file=sys.stderr)
         return 2
-    failed = 0
+    if args.launchers and not hasattr(importlib.import_module("triton.backends.nvidia.driver"),
+                                      "make_launcher"):
+        print(f"Triton {triton.__version__} builds no C launcher per signature", file=sys.stderr)
+        return 2
+    failed, built = 0, set()
     for label, kernel, dtype, consts, warps in variants(args.all):
         try:
-            row = {"variant": label, **compile_variant(kernel, dtype, consts, warps)}
+            src = source(kernel, dtype, consts)
+            row = {"variant": label, **compile_variant(src, warps)}
+            if args.launchers:
+                row["launcher_seconds"] = build_launcher(src, built)
         except Exception as e:  # noqa: BLE001 - reported, counted
             row = {"variant": label, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             failed += 1

@@ -215,3 +215,55 @@ def test_dali_that_does_not_fit_the_driver_is_a_skip_with_the_reason(monkeypatch
     assert r.status == "SKIP" and r.detail == why
     monkeypatch.setattr(check, "cuda_driver_version", lambda: (13, 0))
     assert check.dali_fits()[0]
+
+
+# --- ties at the activation's threshold, what a FAIL means, the order --------------------------------
+
+def plant_tie(x, w, b, at):
+    """x with the element ``at`` moved so that its pre-activation with the batch's statistics is 0
+    to within fp32 rounding (the statistics move with it: a fixed point, reached in a few steps)."""
+    x = x.clone()
+    c = at[1]
+    for _ in range(20):
+        var, mean = torch.var_mean(x[:, c].double(), unbiased=False)
+        x[at] = (mean - b[c].double() * (var + 1e-5).sqrt() / w[c].double()).float()
+    return x
+
+
+def test_a_tie_is_left_out_and_counted_on_the_kernels_line(monkeypatch):
+    def inputs_with_a_tie(*args, **kwargs):
+        x, w, b, rm, rv, dy = bn_inputs(*args, **kwargs)
+        return plant_tie(x, w, b, (1, 5, 2, 3)), w, b, rm, rv, dy
+
+    bn_inputs = parity.bn_inputs
+    monkeypatch.setattr(parity, "bn_inputs", inputs_with_a_tie)
+    name = "kernel bn_act 2x16x4x4 fp32 NCHW leaky_relu train"
+    fn = dict(check.kernel_checks(CPU, full=False))[name]
+    r = check.run_check(name, fn)  # the kernel under the interpreter
+    assert r.status == "PASS", r.detail
+    assert r.detail == "1 of 512 elements within rounding of the leaky_relu threshold left out of the gradients"
+
+
+def test_a_fail_says_whether_the_kernel_ran(monkeypatch):
+    monkeypatch.setattr(bn_mod, "bn_act", off_by_a_little)
+    disagrees = [check.run_check(n, fn) for n, fn in check.kernel_checks(CPU, full=False) if "bn_act" in n]
+    assert {(r.status, r.error) for r in disagrees if r.status != "SKIP"} == {("FAIL", "AssertionError")}
+    monkeypatch.setattr(bn_mod, "bn_act", compile_error)
+    broken = [check.run_check(n, fn) for n, fn in check.kernel_checks(CPU, full=False) if "bn_act" in n]
+    assert {(r.status, r.error) for r in broken if r.status != "SKIP"} == {("FAIL", "RuntimeError")}
+    assert check.run_check("fine", lambda: None).error == ""
+
+
+def test_engines_are_checked_before_the_kernel_matrix():
+    names = [name for name, _ in check.all_checks(CPU, full=False)]
+    assert names[:3] == ["import fastwgan.kernels", "fast engine: CUDA graph replay vs eager",
+                         "fast engine vs reference, fp32, step by step"]
+    assert all(n.startswith("kernel") for n in names[3:-1]) and len(names) > 5
+    assert names[-1] == "DALI decode vs Pillow"
+
+
+def test_guard_message_counts_the_ties(guard_on_cpu, monkeypatch):
+    monkeypatch.setattr(bn_mod, "bn_act", off_by_a_little)
+    problem = parity.start_of_run_problem(Config(), CPU, None)
+    assert problem.endswith("(0 of 512 elements within rounding of the leaky_relu threshold left out "
+                            "of the gradients)"), problem
