@@ -11,9 +11,10 @@ for at a stop and at the end.
 
 With several ranks it is the same loop; the differences are named where they happen: the loss
 sums are averaged over the ranks at log points (``mean_over_ranks``), where the weights are also
-compared (``check_in_sync``); a stop signal is agreed on at every iteration (``any_rank``), so
-every rank writes its part of the same checkpoint; a checkpoint gathers every rank's RNG state
-and sums (``gather_to_writer``). The run folder is rank 0's (``RunFolder``).
+compared (``check_in_sync``); a stop signal is agreed on by a vote about every 0.1 s
+(``StopVote``), so every rank stops after the same iteration and writes its part of the same
+checkpoint; a checkpoint gathers every rank's RNG state and sums (``gather_to_writer``). The run
+folder is rank 0's (``RunFolder``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed
 from fastwgan.config import Config
-from fastwgan.distributed import World
+from fastwgan.distributed import StopVote, World
 from fastwgan.runfolder import RunFolder, RunLog
 from fastwgan.stop import Interrupted, Stop
 
@@ -78,6 +79,7 @@ class TrainingLoop:
         self.images_since_log = 0
         self.maint_since_log = self.maint_total = 0.0  # periodic work, seconds
         self.stop_signal: list[int] = []
+        self.stop_vote = StopVote(world)
         self.intervals = self.make_intervals()
 
     def make_intervals(self) -> list[Interval]:
@@ -152,7 +154,7 @@ class TrainingLoop:
         log_point, *rest = self.intervals
         if log_point.due(done, False):
             log_point.action(done)
-        stop = distributed.any_rank(bool(self.stop_signal), self.world)
+        stop = self.stop_vote(done, bool(self.stop_signal), last=done == self.cfg.iters)
         for interval in rest:
             if interval.due(done, stop):
                 self.timed(interval.action, done)
