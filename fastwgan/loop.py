@@ -32,6 +32,7 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import distributed
 from fastwgan.config import Config
 from fastwgan.distributed import StopVote, World
+from fastwgan.histograms import histogram_tensors
 from fastwgan.runfolder import RunFolder, RunLog
 from fastwgan.stop import Interrupted, Stop
 
@@ -80,6 +81,7 @@ class TrainingLoop:
         self.maint_since_log = self.maint_total = 0.0  # periodic work, seconds
         self.stop_signal: list[int] = []
         self.stop_vote = StopVote(world)
+        self.histogram_note = False  # said once: gradients left out of the histograms
         self.intervals = self.make_intervals()
 
     def make_intervals(self) -> list[Interval]:
@@ -93,11 +95,22 @@ class TrainingLoop:
             Interval(cfg.log_every, self.log_point,
                      also=lambda done, stop: last(done, stop) or self.evaluation_due(done)),
             Interval(cfg.sample_every, lambda done: self.folder.samples(self.G, done), also=last),
-            Interval(cfg.tb_histograms if cfg.tensorboard else 0,
-                     lambda done: self.folder.histograms({"G": self.G, "D": self.D}, done)),
+            Interval(cfg.tb_histograms if cfg.tensorboard else 0, self.histograms),
             Interval(cfg.ckpt_every, self.checkpoint,
                      also=lambda done, stop: last(done, stop) or stop),
         ]
+
+    def histograms(self, done: int) -> None:
+        """--tb-histograms: every weight, and the gradients that may be read between replays
+        (fastwgan.histograms); the ones left out are named once."""
+        tensors, left_out = histogram_tensors(self.engine)
+        if left_out and not self.histogram_note:
+            self.histogram_note = True
+            self.log(f"note: --tb-histograms: no gradient histograms of {' and '.join(left_out)}: under "
+                     "CUDA graphs their optimizer (torch's Adam) makes the gradients inside the graphs' "
+                     "shared memory pool, where another graph may write between replays; the weights "
+                     "are written (--no-graphs writes the gradients too)")
+        self.folder.histograms(tensors, done)
 
     def evaluation_due(self, done: int) -> bool:
         cfg = self.cfg

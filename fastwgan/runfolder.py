@@ -218,14 +218,8 @@ class RunFolder:
 
         self.writer.submit(write)
 
-    def histograms(self, nets: dict[str, torch.nn.Module], iteration: int) -> None:
-        """Each network's weights and gradients: copied here, binned and written by the writer."""
-        tensors = {}
-        for prefix, net in nets.items():
-            for name, p in net.named_parameters():
-                tensors[f"weights/{prefix}/{name}"] = p
-                if p.grad is not None:
-                    tensors[f"grads/{prefix}/{name}"] = p.grad
+    def histograms(self, tensors: dict[str, torch.Tensor], iteration: int) -> None:
+        """tag -> device tensor (fastwgan.histograms): copied here, binned and written by the writer."""
         copies, ready = host_copy(list(tensors.values()))
         on_host = dict(zip(tensors, copies))
 
@@ -288,7 +282,7 @@ class NoRunFolder(RunFolder):
     def samples(self, G, iteration) -> None:
         pass
 
-    def histograms(self, nets, iteration) -> None:
+    def histograms(self, tensors, iteration) -> None:
         pass
 
     def checkpoint(self, state) -> None:

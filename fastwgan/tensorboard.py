@@ -12,7 +12,8 @@ folder's writer thread, fastwgan.background, one call at a time):
   (``real_samples``, step 0);
 * with ``--tb-histograms N``: every parameter and its gradient (``weights/G/...``,
   ``grads/D/...``) every N iterations. The gradients are those of the last critic and
-  generator steps, read from their buffers between iterations (after a graph replay, not in it).
+  generator steps, read from their buffers between iterations (after a graph replay, not in it);
+  under CUDA graphs only those that live outside the graphs' memory pool (fastwgan.histograms).
 
 A resumed run continues the same curves: the events after the checkpoint's iteration are purged
 (``SummaryWriter(purge_step=...)``), as metrics.jsonl drops its rows after it.
@@ -118,7 +119,8 @@ class EventLog:
             self.images("real_samples", images, 0)
 
     def histograms(self, tensors: dict[str, torch.Tensor], step: int) -> None:
-        """Every ``--tb-histograms`` iterations: tag -> host copy of a weight or gradient."""
+        """Every ``--tb-histograms`` iterations: tag -> host copy of a weight or gradient
+        (fastwgan.histograms says which)."""
         if self.writer is None or not self.histogram_every or step % self.histogram_every:
             return
         for tag, t in tensors.items():
