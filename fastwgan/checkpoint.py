@@ -38,12 +38,22 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``obj`` written to ``path`` whole or not at all (fastwgan.atomic.atomic_write).
+    """``obj`` written to ``path`` whole or not at all (fastwgan.atomic.atomic_write)."""
+    return write_serialized(serialize(obj), path)
 
-    Serialised in memory first: a full disk then fails in a plain write, an OSError naming the
-    file, where torch.save into the file would raise a RuntimeError of its own."""
+
+def serialize(obj: Any) -> io.BytesIO:
+    """``obj`` as torch.save writes it, in memory: a snapshot that the training going on after it
+    cannot change (its device tensors are copied to the host here), to be written later."""
     buf = io.BytesIO()
     torch.save(obj, buf)
+    return buf
+
+
+def write_serialized(buf: io.BytesIO, path: str | os.PathLike) -> Path:
+    """``serialize``'s bytes written to ``path`` whole or not at all. Serialised first, a full disk
+    fails in a plain write, an OSError naming the file, where torch.save into the file would raise
+    a RuntimeError of its own."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

@@ -27,7 +27,8 @@ Several processes (engine level)
     * Only ``is_writer`` (rank 0) writes files.
 
 Several processes (the trainer)
-    * Host-side agreement (``any_rank``: a stop signal seen by some rank) and small objects
+    * Host-side agreement (``StopVote``: a stop signal seen by some rank, voted on about every
+      0.1 s without waiting; ``any_rank``: a decision taken once) and small objects
       (``gather_to_writer``: every rank's RNG state for the checkpoint) go through ``control``, a
       gloo group on the host: no device synchronisation, no NCCL object collectives.
     * The loss sums are averaged at log time only (``mean_over_ranks``).
@@ -46,6 +47,7 @@ watchdog aborts the process after the timeout). ``lost_peer`` recognises those e
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
@@ -291,13 +293,80 @@ def check_in_sync(named: Mapping[str, Sequence[torch.Tensor]], world: World) -> 
 
 def any_rank(flag: bool, world: World) -> bool:
     """Whether ``flag`` is true on some rank: one all-reduce of one integer on the host (the
-    control group), so that every rank takes the same decision at the same step, e.g. to stop
-    after a signal that reached some ranks only. No device synchronisation."""
+    control group), so that every rank takes the same decision at the same point, e.g. to train
+    on the reference engine where the kernel check failed on some rank. No device
+    synchronisation, but every rank waits for the others: for a decision taken once. The
+    training loop's stop signal goes through ``StopVote``."""
     if not world.distributed:
         return flag
     t = torch.tensor([int(flag)], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.control)
     return bool(t.item())
+
+
+STOP_VOTE_S = 0.1   # about this much training between two votes on a stop
+MAX_VOTE_EVERY = 1000  # iterations
+
+
+class StopVote:
+    """Whether to stop after an iteration because some rank got a stop signal: every rank stops
+    after the same iteration, without a collective at every iteration.
+
+    One process: its own flag, at once. Several: at vote points, about ``period_s`` of training
+    apart, each rank starts an all-reduce (MAX) of its flag on the host (the control group) and
+    goes on training without waiting for it; the next vote point waits for that result, long
+    since there, and if some rank had a signal every rank stops there. A signal is acted on
+    within two periods (and two iterations). Rank 0 sets the pace: with each vote it proposes
+    how many iterations make a period (timed with ``clock``), and every rank reads the same
+    proposal in the same result, so the vote points stay the same on every rank. The last
+    iteration is a vote point of its own, waited for at once (``last``): a signal there still
+    stops the run, as in one process. So a run that ends, or stops, leaves no vote in flight; one
+    that fails between two vote points leaves one that every rank started, or that fails with
+    the rank that is gone (not waited for: the error that ends the run is already on its way).
+    """
+
+    def __init__(self, world: World, period_s: float = STOP_VOTE_S,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.world, self.period_s, self.clock = world, period_s, clock
+        self.next_vote = 0   # the iteration of the next vote point
+        self.every = 1       # iterations between vote points, as rank 0 proposed
+        self.work = None     # the vote in flight, and its tensor: [some flag, rank 0's pace]
+        self.votes = torch.zeros(2, dtype=torch.int64)
+        self.last: Optional[tuple[int, float]] = None  # (iteration, time) of the last vote point
+
+    def __call__(self, done: int, flag: bool, last: bool = False) -> bool:
+        """After iteration ``done``: whether to stop, given this rank's ``flag``."""
+        if not self.world.distributed:
+            return flag
+        if done < self.next_vote and not last:
+            return False
+        if self._result():
+            return True
+        self._start(done, flag)
+        return self._result() if last else False
+
+    def _result(self) -> bool:
+        """The vote in flight (none: no stop), and the pace it agreed on."""
+        if self.work is None:
+            return False
+        self.work.wait()
+        self.work = None
+        stop, self.every = bool(self.votes[0]), max(1, int(self.votes[1]))
+        return stop
+
+    def _start(self, done: int, flag: bool) -> None:
+        now = self.clock()
+        self.votes = torch.tensor([int(flag), self._pace(done, now) if self.world.is_writer else 0])
+        self.work = dist.all_reduce(self.votes, op=dist.ReduceOp.MAX, group=self.world.control,
+                                    async_op=True)
+        self.next_vote, self.last = done + self.every, (done, now)
+
+    def _pace(self, done: int, now: float) -> int:
+        """Iterations of about ``period_s``, from the time since the last vote point."""
+        if self.last is None or now <= self.last[1]:
+            return 1
+        rate = (done - self.last[0]) / (now - self.last[1])
+        return min(MAX_VOTE_EVERY, max(1, round(self.period_s * rate)))
 
 
 def machine_leader_first(work: Callable[[], T], world: World,

@@ -3,9 +3,11 @@
 * ``RunLog``: every line the trainer prints, kept in ``train.log`` (lines logged before the
   folder exists are written when it is opened).
 * ``RunFolder``: the lock, train.log, config.json, metrics.jsonl, samples, loss.png, the
-  TensorBoard events and the checkpoint, each written whole (fastwgan.atomic). With several
-  processes rank 0 holds one; the others hold a ``NoRunFolder``, which takes the same calls and
-  writes nothing.
+  TensorBoard events and the checkpoint, each written whole (fastwgan.atomic). What is written
+  during training is prepared in the loop (a sample grid's forward pass, the checkpoint's bytes)
+  and written by a writer thread (fastwgan.background) while training goes on; ``wait`` waits for
+  it. With several processes rank 0 holds one; the others hold a ``NoRunFolder``, which takes
+  the same calls and writes nothing.
 * ``clear_run``: an earlier run's files moved aside for ``--overwrite`` until the new run's first
   checkpoint, so that a start that fails loses nothing.
 """
@@ -22,6 +24,7 @@ import torch
 
 from fastwgan import checkpoint as ckpt_io
 from fastwgan.atomic import remove_orphans, write_text
+from fastwgan.background import BackgroundWork, host_copy
 from fastwgan.config import Config
 from fastwgan.data import sample_images
 from fastwgan.metrics import swd_for_training
@@ -131,6 +134,7 @@ class RunFolder:
     def __init__(self, cfg: Config):
         self.cfg, self.out = cfg, Path(cfg.out)
         self.events = EventLog(cfg)  # --tensorboard
+        self.writer = BackgroundWork()  # samples, loss.png, events and checkpoints during training
         self.replaced: Optional[Path] = None
         self.real_eval: Optional[torch.Tensor] = None
         self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -191,28 +195,66 @@ class RunFolder:
         return {"swd": swd["mean"], "swd_levels": swd["levels"]}
 
     def metrics_row(self, row: dict) -> None:
+        """The row appended now (a checkpoint written after it finds it in the file); its
+        TensorBoard scalars by the writer."""
         self.metrics.append(row)
-        self.events.scalars(row)
+        if self.events.active:
+            self.writer.submit(lambda: self.events.scalars(row))
 
     def samples(self, G: torch.nn.Module, iteration: int) -> None:
+        """The fixed-z grid: the forward pass here, the copy to the host, PNG encoding and write
+        (and the TensorBoard image) while training goes on."""
         G.eval()
         with torch.no_grad():
             fake = G(self.fixed_z.to(next(G.parameters()).device))
-            save_grid(fake, self.out / "samples" / f"iter_{iteration:06d}.png", nrow=8)
-            self.events.images("samples", fake, iteration)
         G.train()
-        plot_losses(self.metrics.read(), self.out / "loss.png",
-                    title=f"{self.cfg.loss}, {self.cfg.image_size}x{self.cfg.image_size}")
+        (images,), ready = host_copy([fake])
+        path = self.out / "samples" / f"iter_{iteration:06d}.png"
 
-    def histograms(self, nets: dict, iteration: int) -> None:
-        self.events.histograms(nets, iteration)
+        def write() -> None:
+            ready()
+            save_grid(images, path, nrow=8)
+            self.events.images("samples", images, iteration)
+
+        self.writer.submit(write)
+
+    def histograms(self, tensors: dict[str, torch.Tensor], iteration: int) -> None:
+        """tag -> device tensor (fastwgan.histograms): copied here, binned and written by the writer."""
+        copies, ready = host_copy(list(tensors.values()))
+        on_host = dict(zip(tensors, copies))
+
+        def write() -> None:
+            ready()
+            self.events.histograms(on_host, iteration)
+
+        self.writer.submit(write)
 
     def checkpoint(self, state: dict) -> None:
-        ckpt_io.save_atomic(state, self.out / ckpt_io.CHECKPOINT_NAME)
-        if self.replaced is not None and self.replaced.exists():
-            shutil.rmtree(self.replaced, ignore_errors=True)
+        """``state`` serialised here (a snapshot of the weights as they are now); the file written
+        and synced by the writer, then loss.png drawn from the metrics rows up to it."""
+        data = ckpt_io.serialize(state)
+        rows = self.metrics.read()
+
+        def write() -> None:
+            ckpt_io.write_serialized(data, self.out / ckpt_io.CHECKPOINT_NAME)
+            if self.replaced is not None and self.replaced.exists():
+                shutil.rmtree(self.replaced, ignore_errors=True)
+
+        self.writer.submit(write)
+        self.writer.submit(lambda: plot_losses(
+            rows, self.out / "loss.png", title=f"{self.cfg.loss}, {self.cfg.image_size}x{self.cfg.image_size}"))
+
+    def wait(self) -> None:
+        """Until everything handed to the writer is on disk; raises a write that failed."""
+        self.writer.wait()
+
+    def settle(self) -> None:
+        """Let the writes handed over finish, without raising their errors: the run is ending
+        with an error of its own (at its end and at a stop they were waited for with ``wait``)."""
+        self.writer.close()
 
     def close(self) -> None:
+        self.writer.close()
         self.events.close()
 
 
@@ -240,7 +282,7 @@ class NoRunFolder(RunFolder):
     def samples(self, G, iteration) -> None:
         pass
 
-    def histograms(self, nets, iteration) -> None:
+    def histograms(self, tensors, iteration) -> None:
         pass
 
     def checkpoint(self, state) -> None:

@@ -3,7 +3,8 @@
 and gradient as histograms, and real and generated images) and of StyleGAN2-ADA.
 
 What is written, and when (never inside a training step: the scalars at log points, from the row
-that metrics.jsonl gets; the images and histograms beside the sample grids, out of the img/s time):
+that metrics.jsonl gets; the images and histograms beside the sample grids; all of it by the run
+folder's writer thread, fastwgan.background, one call at a time):
 
 * every scalar of a metrics.jsonl row, under the tags of ``SCALAR_TAGS`` (a key that has none
   goes under ``train/<key>``), ``swd_levels`` as ``eval/swd_level<i>`` (finest first);
@@ -11,7 +12,8 @@ that metrics.jsonl gets; the images and histograms beside the sample grids, out 
   (``real_samples``, step 0);
 * with ``--tb-histograms N``: every parameter and its gradient (``weights/G/...``,
   ``grads/D/...``) every N iterations. The gradients are those of the last critic and
-  generator steps, read from their buffers between iterations (after a graph replay, not in it).
+  generator steps, read from their buffers between iterations (after a graph replay, not in it);
+  under CUDA graphs only those that live outside the graphs' memory pool (fastwgan.histograms).
 
 A resumed run continues the same curves: the events after the checkpoint's iteration are purged
 (``SummaryWriter(purge_step=...)``), as metrics.jsonl drops its rows after it.
@@ -30,7 +32,8 @@ TB_DIR = "tb"
 SCALAR_TAGS = {
     "wdist": "train/wdist", "loss_d": "train/loss_d", "loss_g": "train/loss_g",
     "d_real": "train/d_real", "d_fake": "train/d_fake", "gp": "train/gp",
-    "critic_steps": "train/critic_steps", "img_per_s": "perf/img_per_s", "time": "perf/time_s",
+    "critic_steps": "train/critic_steps", "img_per_s": "perf/img_per_s", "maint_s": "perf/maint_s",
+    "time": "perf/time_s",
     "swd": "eval/swd",
 }
 SWD_LEVEL_TAG = "eval/swd_level{}"
@@ -90,6 +93,11 @@ class EventLog:
         purge = resume_iteration + 1 if self.resumed else None
         self.writer = self._writer_class(log_dir=str(tb), purge_step=purge)
 
+    @property
+    def active(self) -> bool:
+        """Whether anything is written (``--tensorboard``, once opened)."""
+        return self.writer is not None
+
     def scalars(self, row: dict[str, Any]) -> None:
         if self.writer is None:
             return
@@ -110,15 +118,13 @@ class EventLog:
         if not self.resumed:  # written once, by the run's start
             self.images("real_samples", images, 0)
 
-    def histograms(self, modules: dict[str, torch.nn.Module], step: int) -> None:
-        """Every ``--tb-histograms`` iterations: each parameter and its gradient (host copies)."""
+    def histograms(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """Every ``--tb-histograms`` iterations: tag -> host copy of a weight or gradient
+        (fastwgan.histograms says which)."""
         if self.writer is None or not self.histogram_every or step % self.histogram_every:
             return
-        for prefix, module in modules.items():
-            for name, p in module.named_parameters():
-                self.writer.add_histogram(f"weights/{prefix}/{name}", p.detach().float().cpu(), step)
-                if p.grad is not None:
-                    self.writer.add_histogram(f"grads/{prefix}/{name}", p.grad.detach().float().cpu(), step)
+        for tag, t in tensors.items():
+            self.writer.add_histogram(tag, t.float(), step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -15,10 +15,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import traceback
+import types
 from datetime import timedelta
 
 import pytest
@@ -36,7 +38,11 @@ from fastwgan.distributed import (SINGLE, OutOfSync, World, check_in_sync, init_
 from fastwgan.engine import ReferenceEngine
 from fastwgan.fast import FastEngine
 from fastwgan.kernels.bn_act import bn_act
+from fastwgan.loop import StartPoint, TrainingLoop
+from fastwgan.losses import LOSSES
 from fastwgan.models import Critic, Generator
+from fastwgan.runfolder import NoRunFolder, RunLog
+from fastwgan.stop import Stop
 
 WORLD = 2
 SPAWN_TIMEOUT_S = 240         # the whole two-rank run (start-up included)
@@ -341,9 +347,72 @@ def job_data_mode(world: World):
             os.environ["FASTWGAN_CACHE"] = saved[1]
 
 
+class LoopEngine:
+    """What the training loop asks of an engine, with no collective of its own; ``signal_at``:
+    the iteration after which this rank gets SIGTERM (None: never)."""
+
+    loss = LOSSES["wgan"]
+    data_position = 0
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.G, self.D = nn.Linear(2, 2), nn.Linear(2, 1)
+        self.opt_g, self.opt_d = (torch.optim.SGD(n.parameters(), lr=0.1) for n in (self.G, self.D))
+        self.sums = torch.zeros(4)
+        self.done, self.signal_at, self.on_signal = 0, None, None
+
+    def iteration(self, n_critic):
+        self.done += 1
+        if self.done == self.signal_at:
+            self.on_signal(signal.SIGTERM, None)  # the loop's handler, as the signal would call it
+
+    def describe(self):
+        return "loop engine"
+
+    def parameter_sets(self):
+        return {"critic": list(self.D.parameters())}
+
+
+class CountCheckpoints(NoRunFolder):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.checkpoints = 0
+
+    def checkpoint(self, state):
+        self.checkpoints += 1
+
+
+def loop_until_stop(world, iters, signal_at):
+    """The training loop over ``iters`` iterations of 4 ms (by the stop vote's clock), rank 1
+    signalled after iteration ``signal_at``: where each rank stopped, what it said, the host
+    all-reduces it made and the checkpoints rank 0 handed to its folder."""
+    cfg = Config(out="unused", iters=iters, log_every=10_000, sample_every=10_000, ckpt_every=10_000)
+    engine, folder = LoopEngine(), CountCheckpoints(cfg)
+    loop = TrainingLoop(cfg, engine, folder, world, RunLog(None), StartPoint())
+    engine.on_signal = loop._on_signal
+    engine.signal_at = signal_at if world.rank == 1 else None
+    loop.t_log = loop.t_start = loop.t_session = time.perf_counter()
+    loop.show_bar, loop.bar = False, types.SimpleNamespace(update=lambda n: None, write=print,
+                                                          set_postfix_str=lambda s: None)
+    loop.stop_vote.clock = lambda: engine.done * 0.004
+    stopped = None
+    with CountCalls("all_reduce") as c:
+        try:
+            loop.iterate(0)
+        except Stop as e:
+            stopped = str(e)
+    return {"iteration": engine.done, "stopped": stopped, "all_reduce": c.counts["all_reduce"],
+            "checkpoints": folder.checkpoints}
+
+
+def job_stop_vote(world: World):
+    return {"mid_run": loop_until_stop(world, 400, 120), "last": loop_until_stop(world, 50, 50),
+            "none": loop_until_stop(world, 200, None)}
+
+
 _JOBS = {"leader_first": job_leader_first, "engines": job_engines, "count": job_count_collectives, "checksum": job_checksum,
          "bn_act": job_bn_act, "ddp_frozen": job_ddp_frozen_critic, "broadcast": job_broadcast,
-         "data_mode": job_data_mode}
+         "data_mode": job_data_mode, "stop_vote": job_stop_vote}
 
 
 def _worker(rank, world_size, store, out_dir, jobs):
@@ -519,6 +588,36 @@ def test_fast_sync_bn_one_collective_per_batchnorm_layer_each_way(ranks):
     assert c["all_gather"] == c["bn"], c  # forward: the moments
     assert c["all_reduce"] == c["bn_grad"] + c["steps"], c  # backward: the sums; the step
     assert c["broadcast"] == 0
+
+
+def test_a_signal_on_one_rank_stops_both_at_the_same_iteration(ranks):
+    """The stop vote: rank 1 alone gets SIGTERM after iteration 120; both ranks stop after the
+    same iteration, within two vote periods (0.1 s of 4 ms iterations: 25), rank 0 saying why,
+    and rank 0 writes one checkpoint. A host all-reduce per iteration (each rank's flag at every
+    step) would be 120 or more: the vote makes one per period."""
+    r0, r1 = ranks[0]["stop_vote"]["mid_run"], ranks[1]["stop_vote"]["mid_run"]
+    it = r0["iteration"]
+    assert r1["iteration"] == it and 120 <= it <= 120 + 2 * 25 + 2, (r0, r1)
+    assert r1["stopped"].startswith(f"SIGTERM: stopped at iteration {it};")
+    assert r0["stopped"].startswith(f"SIGTERM (by another process of the run): stopped at iteration {it};")
+    assert r0["checkpoints"] == 1
+    assert r0["all_reduce"] == r1["all_reduce"] <= it // 10, (r0, r1)
+
+
+def test_a_signal_at_the_last_iteration_still_stops_both(ranks):
+    for r in range(WORLD):
+        last = ranks[r]["stop_vote"]["last"]
+        assert last["iteration"] == 50 and "stopped at iteration 50;" in last["stopped"], last
+    assert ranks[0]["stop_vote"]["last"]["checkpoints"] == 1
+
+
+def test_no_signal_no_stop_and_few_collectives(ranks):
+    for r in range(WORLD):
+        none = ranks[r]["stop_vote"]["none"]
+        assert none["iteration"] == 200 and none["stopped"] is None
+        # the votes, the last iteration's, and the log point's mean of the loss sums
+        assert none["all_reduce"] <= 20, none
+    assert ranks[0]["stop_vote"]["none"]["checkpoints"] == 1  # the last iteration's
 
 
 def test_checksum_detects_a_perturbed_rank(ranks):

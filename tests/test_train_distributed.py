@@ -327,6 +327,27 @@ def test_sigterm_to_torchrun_stops_both_ranks_after_one_checkpoint(tmp_path, dat
     assert ckpt_io.load(out)["iteration"] == it + 2
 
 
+def test_sigterm_to_one_rank_stops_both_at_the_same_iteration(tmp_path, data16):
+    """A signal that reaches one process only (a scheduler's, a user's kill): the stop vote takes
+    it to the other, both stop after the same iteration and write one checkpoint together."""
+    out = tmp_path / "r"
+    launcher = start_long_run(out, data16, "--ckpt-every", 100_000, "--log-every", 100_000)
+    wait_for(lambda: (out / "train.log").exists() and "processes: 2" in (out / "train.log").read_text(),
+             90, "the start of training", launcher)
+    time.sleep(1.0)
+    os.kill(rank_pids(launcher)[1], signal.SIGTERM)
+    _, err = finish(launcher, 60)
+    ck = ckpt_io.load(out, resume=True)
+    it = ck["iteration"]
+    assert f"rank 0: SIGTERM (by another process of the run): stopped at iteration {it};" in err, err[-3000:]
+    # rank 1 stopped with it (rank 0 speaks for both): its part of the same checkpoint
+    assert ck["world_size"] == 2 and len(ck["rank_states"]) == 2
+    assert err.count("exitcode  : 143") == 2, err[-3000:]  # 128 + SIGTERM, both ranks
+    assert (out / "train.log").read_text().count("stopped: SIGTERM") == 1  # rank 0 writes the log
+    ok(torchrun("--resume", out, "--iters", it + 1))
+    assert ckpt_io.load(out)["iteration"] == it + 1
+
+
 def test_torchrun_restart_continues_from_the_last_checkpoint(tmp_path, data16):
     out = tmp_path / "r"
     launcher = start_long_run(out, data16, "--ckpt-every", 3, extra=["--max-restarts", "1"])
