@@ -11,6 +11,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The thread count as chosen, so that no run in the tests picks its own from the machine's load at
+# its start (fastwgan.device.threads_for_load): runs compared bit for bit use the same count.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _subprocess_tmpdir(tmp_path_factory):

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import os
+import time
+
 import torch
 
 from fastwgan.config import ConfigError
@@ -70,3 +73,46 @@ def set_threads(n: int) -> int:
     if n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def _cpu_times(stat: str) -> tuple[int, int]:
+    """(idle, total) jiffies of all cores from the first line of /proc/stat (idle + iowait)."""
+    with open(stat, encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return values[3] + values[4], sum(values)
+
+
+def idle_cores(interval: float = 0.25, stat: str = "/proc/stat") -> Optional[float]:
+    """How many cores sat idle over the next ``interval`` seconds (Linux's CPU time counters), or
+    None where the system does not say."""
+    try:
+        idle0, total0 = _cpu_times(stat)
+        time.sleep(interval)
+        idle1, total1 = _cpu_times(stat)
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def threads_for_load(requested: int, idle: Callable[[], Optional[float]] = idle_cores
+                     ) -> tuple[int, Optional[str]]:
+    """Set torch's CPU threads for a run; the count and a note for the log when it was chosen.
+
+    ``--threads N`` or ``OMP_NUM_THREADS`` decide where given. Otherwise torch's default (one per
+    core) stays on a quiet machine, and on a busy one the run takes as many threads as cores were
+    idle at its start (at least 1): OpenMP threads that outnumber the free cores spin waiting for
+    each other, and a 2-core machine with one core busy ran the cpu preset at 90-127 img/s with 2
+    threads, 956-1,022 with 1 (bench/RESULTS.md, "A busy CPU")."""
+    if requested or "OMP_NUM_THREADS" in os.environ:
+        return set_threads(requested), None
+    default = torch.get_num_threads()
+    free = idle()
+    if free is None or default <= 1 or free >= default - 0.5:
+        return default, None
+    chosen = max(1, int(free + 0.5))
+    torch.set_num_threads(chosen)
+    return chosen, (f"note: {default - free:.1f} of {default} cores were busy at the start: "
+                    f"training with {chosen} CPU thread{'s' if chosen > 1 else ''} (--threads or "
+                    "OMP_NUM_THREADS chooses)")

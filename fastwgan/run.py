@@ -32,7 +32,7 @@ from fastwgan.data import (Batches, BatchShare, DataError, open_dataset, resolve
 from fastwgan.data.files import printable
 from fastwgan.data.share import BatchSplitError
 from fastwgan.data.undecodable import undecodable_warning
-from fastwgan.device import amp_dtype, device_label, resolve_device, set_threads
+from fastwgan.device import amp_dtype, device_label, resolve_device, set_threads, threads_for_load
 from fastwgan.distributed import World
 from fastwgan.loop import StartPoint, TrainingLoop
 from fastwgan.parity import start_of_run_problem
@@ -137,7 +137,12 @@ def prepare_process(cfg: Config, world: World, log):
     """This process's precision, CPU threads and share of each batch; the seeds of its random
     streams (a resumed run restores them later)."""
     dtype = amp_dtype(cfg, world.device, log)
-    threads = set_threads(cfg.threads)
+    if world.distributed or world.device.type != "cpu":  # a job's processes share the cores by design
+        threads = set_threads(cfg.threads)
+    else:
+        threads, note = threads_for_load(cfg.threads)
+        if note:
+            log(note)
     try:
         share = BatchShare(cfg.batch_size, world.rank, world.world_size)
     except BatchSplitError as e:

@@ -128,3 +128,38 @@ def test_without_dali_everything_imports_and_its_tests_skip_with_the_reason():
     assert p.returncode == 5, p.stdout + p.stderr  # pytest's "no tests ran": the module skipped
     assert "backend pillow" in p.stdout and "1 skipped" in p.stdout
     assert "NVIDIA DALI is not installed (pip install 'fastwgan[dali]')" in p.stdout
+
+
+def test_idle_cores_from_the_kernels_counters(tmp_path, monkeypatch):
+    # two readings of /proc/stat's first line: 100 jiffies passed, 40 of them idle or iowait
+    stat = tmp_path / "stat"
+    lines = iter(["cpu  100 0 50 800 50 0 0 0 0 0\n", "cpu  150 0 60 830 60 0 0 0 0 0\n"])
+    monkeypatch.setattr(device.time, "sleep", lambda s: stat.write_text(next(lines)))
+    stat.write_text(next(lines))
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    assert device.idle_cores(0.0, str(stat)) == pytest.approx(2 * 40 / 100)
+    assert device.idle_cores(0.0, str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("idle, requested, env, expected, noted", [
+    (0.9, 0, None, 1, True),      # one of two cores busy: one thread, and the log says why
+    (1.8, 0, None, 2, False),     # a quiet machine keeps torch's default
+    (None, 0, None, 2, False),    # a system that does not say: the default
+    (0.2, 0, "2", 2, False),      # OMP_NUM_THREADS decides
+    (0.2, 2, None, 2, False),     # so does --threads
+])
+def test_threads_follow_the_load_at_the_start(monkeypatch, idle, requested, env, expected, noted):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        if env is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", env)
+        threads, note = device.threads_for_load(requested, idle=lambda: idle)
+        assert threads == expected == torch.get_num_threads()
+        assert (note is not None) == noted
+        if noted:
+            assert note.startswith("note: 1.1 of 2 cores were busy at the start: training with 1 CPU thread")
+    finally:
+        torch.set_num_threads(before)
