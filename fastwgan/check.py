@@ -290,11 +290,12 @@ def backend_flags(**flags):
 
 
 def trainer_config(device: torch.device, preset: Optional[str] = None, loss: Optional[str] = None):
-    """The config the trainer resolves from ``--preset`` and ``--loss`` (nothing else given). With
-    neither: the paper's recipe on a GPU, ``--preset cpu`` on a CPU (what each trains there)."""
+    """The config the trainer resolves from ``--preset`` and ``--loss`` (nothing else given).
+    Without a preset: the paper's recipe on a GPU, ``--preset cpu`` on a CPU (what each trains
+    there)."""
     from fastwgan.runconfig import preset_config
 
-    if preset is None and loss is None and device.type != "cuda":
+    if preset is None and device.type != "cuda":
         preset = "cpu"
     return preset_config(preset, loss)
 

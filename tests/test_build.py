@@ -72,9 +72,11 @@ def test_the_benchmarks_networks_are_the_trainers(loss, bench_train):
         assert shape(cfg) == shape(trainer_config(loss, preset))
 
 
-def test_the_default_self_check_is_what_each_device_trains():
-    assert settings(check.trainer_config(torch.device("cpu"))) == settings(trainer_config("wgan", "cpu"))
-    assert settings(check.trainer_config(torch.device("cuda"))) == settings(trainer_config("wgan", None))
+@pytest.mark.parametrize("loss", [None, *LOSSES])
+def test_the_default_self_check_is_what_each_device_trains(loss):
+    named = loss or "wgan"
+    assert settings(check.trainer_config(torch.device("cpu"), loss=loss)) == settings(trainer_config(named, "cpu"))
+    assert settings(check.trainer_config(torch.device("cuda"), loss=loss)) == settings(trainer_config(named, None))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
