@@ -258,8 +258,9 @@ class TrainingLoop:
     def checkpoint(self, iteration: int) -> None:
         """Every rank's part (its RNG state and loss sums) gathered to rank 0, which writes."""
         G, D, engine = self.G, self.D, self.engine
-        # host sync: a checkpoint is only written from finite weights
-        if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
+        # one host sync: a checkpoint is only written from finite weights
+        finite = torch.stack([torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]])
+        if not finite.all():
             self.raise_nonfinite(iteration)
         elapsed = time.perf_counter() - self.t_start
         world = self.world

@@ -21,7 +21,7 @@ from fastwgan.data import dali
 from fastwgan.data.batches import RESIDENT_MAX_BYTES, nhwc_to_training
 from fastwgan.data.dali import DaliStream, build_pipeline, dali_cache_key, decode_dali, load_resident_dali
 from fastwgan.data.files import load_image
-from fastwgan.data.order import epoch_batches_nhwc
+from fastwgan.data.order import resident_batches
 from fastwgan.data.pillow import decode_all
 from fastwgan.data.sampler import ResidentSampler
 from fastwgan.data.share import BatchShare
@@ -174,7 +174,7 @@ def test_dali_stream_follows_the_pillow_order_and_resumes(tmp_path):
 def test_shards_take_disjoint_slices_of_global_batches(tmp_path):
     files = make_good_folder(tmp_path / "d", n=12)
     data = decode_dali(files, 16, None, CPU)
-    whole = epoch_batches_nhwc(data, 6, seed=1)  # global batches of 2 shards x 3
+    whole = resident_batches(data, 6, seed=1)  # global batches of 2 shards x 3
     shards = [DaliStream(files, 16, None, BatchShare(6, r, 2), 1, CPU, workers=1) for r in range(2)]
     for _ in range(5):
         g = next(whole)

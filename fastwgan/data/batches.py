@@ -18,7 +18,7 @@ import torch
 from fastwgan.data.archive import archive_note, from_archive
 from fastwgan.data.dataset import Dataset
 from fastwgan.data.files import DataError, printable
-from fastwgan.data.order import epoch_batches_nhwc, resident_batches
+from fastwgan.data.order import resident_batches
 from fastwgan.data.pillow import load_resident, stream_batches
 from fastwgan.data.sampler import ResidentSampler
 from fastwgan.data.share import BatchShare, as_share
@@ -159,7 +159,7 @@ class Batches:
             self.data, self.from_cache = dali.load_resident_dali(
                 files, image_size, crop, cache_root() / "decoded", device, workers, progress,
                 failed=self.undecodable)
-            self._it = epoch_batches_nhwc(self.data, share, seed, start)
+            self._it = resident_batches(self.data, share, seed, start)
         else:
             self._it = dali.DaliStream(files, image_size, crop, share, seed, device, start, workers)
         self._convert = nhwc_to_training

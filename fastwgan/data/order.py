@@ -2,8 +2,8 @@
 
 ``EpochBatches`` is the order every loader follows (a fresh permutation per epoch, the last
 incomplete batch dropped), so the Pillow and DALI loaders, streaming or resident, give the same
-images batch for batch, and a run resumes at any batch number. ``resident_batches`` (N, 3, H, W)
-and ``epoch_batches_nhwc`` (N, H, W, 3) gather those batches from a decoded dataset in memory.
+images batch for batch, and a run resumes at any batch number. ``resident_batches`` gathers those
+batches from a decoded dataset in memory, (N, 3, H, W) or (N, H, W, 3) alike.
 """
 from __future__ import annotations
 
@@ -53,16 +53,9 @@ class EpochBatches:
 
 def resident_batches(data: torch.Tensor, batch_size: int | BatchShare, seed: int,
                      start: int = 0) -> Iterator[torch.Tensor]:
-    """Batches gathered from a decoded dataset ``data`` (N, 3, H, W) uint8, same order as streaming
-    (a ``BatchShare``: this rank's slice of each global batch)."""
-    for idx in EpochBatches(len(data), batch_size, seed, start):
-        yield data[torch.tensor(idx, device=data.device)]
-
-
-def epoch_batches_nhwc(data: torch.Tensor, batch_size: int | BatchShare, seed: int,
-                       start: int = 0) -> Iterator[torch.Tensor]:
-    """Batches gathered from ``data`` (N, H, W, 3) uint8 in the ``EpochBatches`` order, from batch
-    ``start`` on: the same images, batch by batch, as the Pillow loaders with the same seed
-    (a ``BatchShare``: this rank's slice of each global batch)."""
+    """Batches gathered along the first dimension of a decoded dataset ``data`` (uint8, NCHW from
+    the Pillow loader, NHWC from DALI) in the ``EpochBatches`` order, from batch ``start`` on: the
+    same images, batch by batch, as streaming with the same seed (a ``BatchShare``: this rank's
+    slice of each global batch)."""
     for idx in EpochBatches(len(data), batch_size, seed, start):
         yield data[torch.tensor(idx, device=data.device)]

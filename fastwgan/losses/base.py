@@ -9,7 +9,7 @@ checkpoint checks and the log read the entry; none of them names a loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 # The engine's device buffer of loss sums: these four, then the entry's ``extra`` critic values.
@@ -44,7 +44,6 @@ class Loss:
     double_backward: bool = False  # the critic step differentiates through D's input gradient
     unused_flags: tuple[str, ...] = ()  # config fields this loss ignores (a note when given)
     unused_why: str = ""
-    references: tuple[str, ...] = field(default=())  # where its recipe comes from
 
     def __post_init__(self):
         if self.optimizer not in ("rmsprop", "adam"):

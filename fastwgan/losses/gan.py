@@ -39,5 +39,4 @@ LOSS = Loss(
     critic_steps=1,
     unused_flags=("n_critic", "n_critic_warmup", "clip", "gp_weight"),
     unused_why="--loss gan takes one critic step per generator step, without clipping or penalty",
-    references=("Radford, Metz, Chintala 2016",),
 )

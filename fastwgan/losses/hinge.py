@@ -37,6 +37,4 @@ LOSS = Loss(
     wasserstein=False,
     unused_flags=("clip", "gp_weight"),
     unused_why="--loss hinge trains with Adam, without clipping or penalty",
-    references=("Miyato et al. 2018 (SNGAN), the hinge loss", "Brock et al. 2019 (BigGAN)",
-                "StudioGAN and Mimicry: Adam 2e-4, betas (0, 0.9), 5 critic steps"),
 )

@@ -38,5 +38,4 @@ LOSS = Loss(
     clips=True,
     unused_flags=("gp_weight", "adam_beta1", "adam_beta2"),
     unused_why="--loss wgan clips the critic and trains with RMSprop",
-    references=("Arjovsky, Chintala, Bottou 2017, Algorithm 1", "martinarjovsky/WassersteinGAN main.py"),
 )

@@ -81,5 +81,4 @@ LOSS = Loss(
     double_backward=True,
     unused_flags=("clip",),
     unused_why="--loss wgan-gp penalises the critic's gradient instead of clipping",
-    references=("Gulrajani et al. 2017, Algorithm 1", "igul222/improved_wgan_training gan_64x64.py"),
 )
