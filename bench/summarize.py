@@ -31,6 +31,10 @@ COLUMNS = [  # (extra_info key, column title, format)
     ("scaling_efficiency", "scaling eff.", "{:.0%}"),
     ("allreduce_ms", "all-reduce ms (critic grads)", "{:.3f}"),
     ("recipe_projected_min", "paper recipe (min)", "{:,.1f}"),
+    ("critic_kernels", "critic kernels", "{:,}"),
+    ("generator_kernels", "generator kernels", "{:,}"),
+    ("critic_mb", "critic MB", "{:,.0f}"),
+    ("modeled_recipe_min_h100", "recipe min, modeled (H100)", "{:,.1f}"),
 ]
 
 

@@ -60,6 +60,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from fastwgan.kernels import launches
+from fastwgan.kernels.launches import Launch
+
 try:
     import triton
     import triton.language as tl
@@ -241,6 +244,10 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     if sync and (impl == "ref" or triton is None or not (x.is_cuda or _INTERPRET)):
         return _SyncBnActRef.apply(x, weight, bias, running_mean, running_var, float(momentum),
                                    float(eps), act, float(negative_slope), process_group)
+    if launches.listening() and (impl == "ref" or not x.is_cuda) and x.numel() and x.dim() >= 2:
+        # a kernel ledger (off CUDA: whatever impl) counts the twin as the launches it stands for
+        return _CountedRef.apply(x, weight, bias, running_mean, running_var, training, momentum,
+                                 eps, act, negative_slope)
     if impl == "ref" or x.numel() == 0:  # (nothing to launch for an empty batch)
         return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
                           negative_slope)
@@ -304,15 +311,20 @@ def _geometry(x):
     return x.contiguous(), False, N, C, S
 
 
-@functools.lru_cache(maxsize=1024)
 def _launch_config(N, C, S, channels_last, device_index):
     """Tile sizes and the split of rows over programs, fixed per shape (no autotuning)."""
+    return _config(N, C, S, channels_last, None if _INTERPRET else _num_sms(device_index))
+
+
+@functools.lru_cache(maxsize=1024)
+def _config(N, C, S, channels_last, sms):
+    """``_launch_config`` for a GPU of ``sms`` multiprocessors (None: the interpreter's)."""
     M = N * S
 
     def np2(n):  # block sizes of at least 2: a masked spare lane is free, 1-wide layouts a corner
         return max(2, triton.next_power_of_2(n))
 
-    if _INTERPRET:
+    if sms is None:
         # ~1.4 ms per program instance: few programs, but small tiles so that tests still cover
         # several channel blocks, several row chunks, several units per chunk and ragged tails.
         BLOCK_C = min(np2(C), 8)
@@ -326,7 +338,7 @@ def _launch_config(N, C, S, channels_last, device_index):
         else:  # spatial positions are contiguous: tiles long in S
             BLOCK_R = min(np2(S), 512)
             BLOCK_C = min(np2(C), _TILE // BLOCK_R)
-        target_programs = 4 * _num_sms(device_index)
+        target_programs = 4 * sms
         num_warps = 8 if BLOCK_R * BLOCK_C >= 4096 else 4
         BLOCK_CF, BLOCK_P = min(np2(C), 32), 128
     n_cblocks = triton.cdiv(C, BLOCK_C)
@@ -338,6 +350,73 @@ def _launch_config(N, C, S, channels_last, device_index):
     return dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, n_cblocks=n_cblocks, nsb=nsb, units=units,
                 units_per_prog=units_per_prog, chunks=chunks, num_warps=num_warps,
                 BLOCK_CF=BLOCK_CF, BLOCK_P=min(BLOCK_P, np2(chunks)))
+
+
+# A kernel ledger on a machine without a GPU models the launches on an H100 SXM's 132 SMs.
+LEDGER_SMS = 132
+
+
+def kernel_launches(direction, shape, itemsize, channels_last, training=True, need_dx=True,
+                    need_dw=True, need_db=True, sms=None):
+    """The Triton launches of one call (``direction`` "forward" or "backward") on an input of
+    ``shape`` and ``itemsize``, with the bytes each reads and writes, for a kernel ledger
+    (fastwgan.kernels.launches). ``sms``: the GPU's multiprocessors (None: ``LEDGER_SMS``)."""
+    N, C = shape[0], shape[1]
+    S = 1
+    for d in shape[2:]:
+        S *= d
+    cfg = _config(N, C, S, channels_last, sms or LEDGER_SMS)
+    x, part, vec = N * C * S * itemsize, cfg["chunks"] * C * 4, C * 4
+    if direction == "forward":
+        apply = Launch("bn_act_fwd", 2 * x + 4 * vec)  # x, mean, rstd, weight, bias -> y
+        if not training:
+            return [apply]
+        return [Launch("bn_stats_partial", x + 3 * part),
+                Launch("bn_stats_finalize", 3 * part + 6 * vec),  # running stats read, written
+                apply]
+    out = []
+    need_coef = need_dx and training
+    if need_dw or need_db or need_coef:
+        out.append(Launch("bn_act_bwd_partial", 2 * x + 4 * vec + 2 * part))
+        out.append(Launch("bn_act_bwd_finalize", 2 * part + vec * (need_dw + need_db + 2 * need_coef)))
+    if need_dx:
+        out.append(Launch("bn_act_bwd_dx", 3 * x + 6 * vec))
+    return out
+
+
+def _launches_of(x, direction, **kw):
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+    return kernel_launches(direction, tuple(x.shape), x.element_size(), channels_last, **kw)
+
+
+class _CountedRef(torch.autograd.Function):
+    """The twin, counted by a listening ledger as the Triton launches it stands for (forward and
+    backward), its own aten ops not counted. Same values as ``bn_act_ref``: it runs it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                negative_slope):
+        launches.record("bn_act", _launches_of(x, "forward", training=training))
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3])]
+        with launches.suppressed(), torch.enable_grad():
+            y = bn_act_ref(*leaves, running_mean, running_var, training, momentum, eps, act,
+                           negative_slope)
+        ctx.graph, ctx.leaves, ctx.training = y, leaves, training
+        return y.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        needs = ctx.needs_input_grad[:3]
+        launches.record("bn_act", _launches_of(dy, "backward", training=ctx.training,
+                                               need_dx=needs[0], need_dw=needs[1], need_db=needs[2]))
+        wanted = [t for t, need in zip(ctx.leaves, needs) if need and t is not None]
+        with launches.suppressed():
+            grads = iter(torch.autograd.grad(ctx.graph, wanted, dy) if wanted else ())
+        out = [next(grads) if need and t is not None else None for t, need in zip(ctx.leaves, needs)]
+        return (*out, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -664,6 +743,10 @@ def _device_index(t):
     return t.device.index if t.is_cuda else -1
 
 
+def _sms_of(x):
+    return _num_sms(x.device.index) if x.is_cuda and not _INTERPRET else None
+
+
 def _grid_args(cfg, N, C, S):
     M = N * S
     return (M, C, S, cfg["nsb"], cfg["units"], cfg["units_per_prog"])
@@ -698,6 +781,8 @@ class _BnAct(torch.autograd.Function):
         y = torch.empty_like(x)
         stats = torch.empty((2, C), **f32)  # mean, rstd: saved for backward
         # (3) launch
+        launches.record("bn_act", kernel_launches("forward", (N, C, S), x.element_size(),
+                                                  channels_last, training, sms=_sms_of(x)))
         n_all = None  # sync BN: the group's count per channel, for the backward
         if training:
             part = torch.empty((3, cfg["chunks"], C), **f32)
@@ -744,6 +829,9 @@ class _BnAct(torch.autograd.Function):
                       num_warps=cfg["num_warps"])
         f32 = dict(dtype=torch.float32, device=x.device)
         need_coef = need_dx and ctx.training
+        launches.record("bn_act", kernel_launches("backward", (N, C, S), x.element_size(),
+                                                  channels_last, ctx.training, need_dx, need_dw,
+                                                  need_db, sms=_sms_of(x)))
         coef = None
         if need_dw or need_db or need_coef:
             # per-channel sums of g and g * x_hat, split over programs, then combined
