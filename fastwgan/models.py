@@ -75,12 +75,11 @@ class Block(nn.Module):
             from fastwgan.kernels.bn_act import bn_act
 
             bn = self.bn
-            if bn.training and bn.track_running_stats:
-                bn.num_batches_tracked.add_(1)
             return bn_act(y, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                           training=bn.training, momentum=bn.momentum, eps=bn.eps,
                           act=self.act, negative_slope=self.negative_slope, impl=self.impl,
-                          process_group=self.sync_group)
+                          process_group=self.sync_group,
+                          num_batches_tracked=bn.num_batches_tracked if bn.track_running_stats else None)
         if self.bn is not None:
             y = self.bn(y)
         if self.act == "relu":

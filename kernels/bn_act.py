@@ -86,16 +86,24 @@ _fallback_warned = False
 # The plain-PyTorch twin: the specification
 # ------------------------------------------------------------------------------------------------
 def bn_act_ref(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
-               act="relu", negative_slope=0.2):
-    """``F.batch_norm`` followed by the activation; same arguments as ``bn_act`` but ``impl``."""
+               act="relu", negative_slope=0.2, num_batches_tracked=None):
+    """``F.batch_norm`` followed by the activation; same arguments as ``bn_act`` but ``impl``
+    and ``process_group``."""
     _check_act(act)
     _check_momentum(momentum)
+    _count_batch(num_batches_tracked, training)
     y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     if act == "relu":
         return F.relu(y)
     if act == "leaky_relu":
         return F.leaky_relu(y, negative_slope)
     return y
+
+
+def _count_batch(num_batches_tracked, training):
+    """nn.BatchNorm2d's counter of training batches (momentum is never None here: unread)."""
+    if num_batches_tracked is not None and training:
+        num_batches_tracked.add_(1)
 
 
 def _check_act(act):
@@ -225,7 +233,8 @@ def _syncs(process_group, training):
 # Public entry point
 # ------------------------------------------------------------------------------------------------
 def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
-           act="relu", negative_slope=0.2, impl="triton", process_group=None):
+           act="relu", negative_slope=0.2, impl="triton", process_group=None,
+           num_batches_tracked=None):
     """BatchNorm (batch statistics when ``training``, else the running ones) then ``act``.
 
     x: (N, C, *spatial), fp32, fp16 or bf16, contiguous or (4-D) channels_last; y has x's dtype
@@ -234,6 +243,8 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     Differentiable in x, weight and bias; parameter gradients are fp32.
     process_group: a torch.distributed group; when training, the statistics are those of the
     batch over all its ranks (see "Sync BatchNorm" above). None: this process's batch.
+    num_batches_tracked: nn.BatchNorm2d's () int64 counter, += 1 when training (by the Triton
+    path in the statistics' finalize kernel, not in a launch of its own), or None.
     """
     global _fallback_warned
     if impl not in IMPLS:
@@ -242,15 +253,16 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     _check_momentum(momentum)
     sync = _syncs(process_group, training)
     if sync and (impl == "ref" or triton is None or not (x.is_cuda or _INTERPRET)):
+        _count_batch(num_batches_tracked, training)
         return _SyncBnActRef.apply(x, weight, bias, running_mean, running_var, float(momentum),
                                    float(eps), act, float(negative_slope), process_group)
     if launches.listening() and (impl == "ref" or not x.is_cuda) and x.numel() and x.dim() >= 2:
         # a kernel ledger (off CUDA: whatever impl) counts the twin as the launches it stands for
         return _CountedRef.apply(x, weight, bias, running_mean, running_var, training, momentum,
-                                 eps, act, negative_slope)
+                                 eps, act, negative_slope, num_batches_tracked)
     if impl == "ref" or x.numel() == 0:  # (nothing to launch for an empty batch)
         return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                          negative_slope)
+                          negative_slope, num_batches_tracked)
     if triton is None or not (x.is_cuda or _INTERPRET):
         if not _fallback_warned:
             _fallback_warned = True
@@ -259,14 +271,15 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
             warnings.warn(f"bn_act: impl='triton' falls back to the PyTorch reference ({why})",
                           RuntimeWarning, stacklevel=2)
         return bn_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                          negative_slope)
-    _check_inputs(x, weight, bias, running_mean, running_var, training)
+                          negative_slope, num_batches_tracked)
+    _check_inputs(x, weight, bias, running_mean, running_var, training, num_batches_tracked)
     return _BnAct.apply(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
                         float(eps), _ACT_ID[act], float(negative_slope),
-                        process_group if sync else None)
+                        process_group if sync else None,
+                        num_batches_tracked if training else None)
 
 
-def _check_inputs(x, weight, bias, running_mean, running_var, training):
+def _check_inputs(x, weight, bias, running_mean, running_var, training, num_batches_tracked=None):
     if x.dim() < 2:
         raise ValueError(f"bn_act expects (N, C, *spatial), got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -279,6 +292,9 @@ def _check_inputs(x, weight, bias, running_mean, running_var, training):
                              f"{tuple(t.shape)} on {t.device}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be both given or both None")
+    if num_batches_tracked is not None and (num_batches_tracked.numel() != 1
+                                            or num_batches_tracked.device != x.device):
+        raise ValueError(f"num_batches_tracked must be one element on {x.device}")
     if not training and running_mean is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var")
     if training and x.numel() // C <= 1:  # F.batch_norm's own check
@@ -396,13 +412,13 @@ class _CountedRef(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                negative_slope):
+                negative_slope, num_batches_tracked):
         launches.record("bn_act", _launches_of(x, "forward", training=training))
         leaves = [t.detach().requires_grad_(need) if t is not None else None
                   for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3])]
-        with launches.suppressed(), torch.enable_grad():
+        with launches.suppressed(), torch.enable_grad():  # (the counter: in the finalize kernel)
             y = bn_act_ref(*leaves, running_mean, running_var, training, momentum, eps, act,
-                           negative_slope)
+                           negative_slope, num_batches_tracked)
         ctx.graph, ctx.leaves, ctx.training = y, leaves, training
         return y.detach()
 
@@ -416,7 +432,7 @@ class _CountedRef(torch.autograd.Function):
         with launches.suppressed():
             grads = iter(torch.autograd.grad(ctx.graph, wanted, dy) if wanted else ())
         out = [next(grads) if need and t is not None else None for t, need in zip(ctx.leaves, needs)]
-        return (*out, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -514,9 +530,11 @@ if triton is not None:
         stats_ptr,                  # fp32 (2, C) out: batch mean, rstd; (3, C) with MOMENTS
         running_mean_ptr,           # (C,) updated in place when HAS_RUNNING
         running_var_ptr,            # (C,) updated in place when HAS_RUNNING
+        count_ptr,                  # () int64 num_batches_tracked, += 1 when HAS_COUNT
         C, P,                       # channels, chunks
         eps, momentum,
         HAS_RUNNING: tl.constexpr,
+        HAS_COUNT: tl.constexpr,
         MOMENTS: tl.constexpr,      # write the combined count, mean, M2 (a rank's, for sync BN)
         BLOCK_P: tl.constexpr,
         BLOCK_C: tl.constexpr,
@@ -564,6 +582,9 @@ if triton is not None:
             rv_new = (1.0 - momentum) * rv.to(tl.float32) + momentum * (m2 / (n_safe - 1.0))
             tl.store(running_mean_ptr + cols, rm_new.to(rm.dtype), mask=col_mask)
             tl.store(running_var_ptr + cols, rv_new.to(rv.dtype), mask=col_mask)
+        if HAS_COUNT:  # the module's batch counter, here rather than in a launch of its own
+            if tl.program_id(0) == 0:
+                tl.store(count_ptr, tl.load(count_ptr) + 1)
 
     @triton.jit
     def _bn_act_fwd_kernel(
@@ -753,20 +774,22 @@ def _grid_args(cfg, N, C, S):
 
 
 def _finalize_stats(part, out, running_mean, running_var, C, P, eps, momentum, BLOCK_CF,
-                    BLOCK_P, moments=False):
+                    BLOCK_P, moments=False, count=None):
     """Combine the (3, P, C) partials into ``out``: (mean, rstd) and the running statistics'
     update, or with ``moments`` the combined (count, mean, M2)."""
     has_running = running_mean is not None
     _bn_stats_finalize_kernel[(triton.cdiv(C, BLOCK_CF),)](
         part, out, running_mean if has_running else out, running_var if has_running else out,
-        C, P, eps, momentum, HAS_RUNNING=has_running, MOMENTS=moments, BLOCK_P=BLOCK_P,
+        count if count is not None else out,
+        C, P, eps, momentum, HAS_RUNNING=has_running, HAS_COUNT=count is not None,
+        MOMENTS=moments, BLOCK_P=BLOCK_P,
         BLOCK_C=BLOCK_CF, num_warps=4)
 
 
 class _BnAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                negative_slope, group=None):
+                negative_slope, group=None, count=None):
         # (1) shapes and layout
         x, channels_last, N, C, S = _geometry(x)
         cfg = _launch_config(N, C, S, channels_last, _device_index(x))
@@ -794,7 +817,7 @@ class _BnAct(torch.autograd.Function):
                 part = _all_gather_stacked(moments, group).transpose(0, 1).contiguous()  # (3, W, C)
                 n_all = part[0].sum(0)  # (C,) the group's count, for the backward
             _finalize_stats(part, stats, running_mean, running_var, C, part.shape[1], eps,
-                            momentum, cfg["BLOCK_CF"],
+                            momentum, cfg["BLOCK_CF"], count=count,
                             BLOCK_P=cfg["BLOCK_P"] if group is None else
                             min(cfg["BLOCK_P"], max(2, triton.next_power_of_2(part.shape[1]))))
             _bn_act_fwd_kernel[grid](x, y, stats[0], stats[1], w, b, stats, *dims, eps,
@@ -859,4 +882,4 @@ class _BnAct(torch.autograd.Function):
             dw = dw.to(w.dtype)
         if db is not None and db.dtype != b.dtype:
             db = db.to(b.dtype)
-        return dx, dw, db, None, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None, None

@@ -461,3 +461,15 @@ def test_gpu_cuda_graph_capture():
     # fp32 on a GPU: sums over 1024 rows in different orders
     assert_all_close(got, ref, "CUDA graph replay",
                      tol={k: (1e-5, 1e-4) for k in ref})
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_num_batches_tracked_counts_training_calls(impl, training):
+    # the Triton path increments it in the statistics' finalize kernel, the twin with add_:
+    # nn.BatchNorm2d's count either way (+1 per training call, unchanged in eval)
+    x, w, b, rm, rv, _ = make_inputs((2, 5, 3, 3), torch.contiguous_format, seed=5)
+    count = torch.tensor(7, dtype=torch.long)
+    for _ in range(2):
+        bn_act(x, w, b, rm, rv, training=training, act="relu", impl=impl, num_batches_tracked=count)
+    assert count.item() == (9 if training else 7)
