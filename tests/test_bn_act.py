@@ -473,3 +473,41 @@ def test_num_batches_tracked_counts_training_calls(impl, training):
     for _ in range(2):
         bn_act(x, w, b, rm, rv, training=training, act="relu", impl=impl, num_batches_tracked=count)
     assert count.item() == (9 if training else 7)
+
+
+def _two_calls(x, w, b, rm, rv, groups=2, count=None, **kw):
+    """The specification of ``groups``: one twin call per group of images, concatenated."""
+    return torch.cat([bn_act_ref(part, w, b, rm, rv, num_batches_tracked=count, **kw)
+                      for part in x.chunk(groups)])
+
+
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [
+    pytest.param((4, 5, 2, 2), id="aligned"),      # 8 rows per group: whole interpreter tiles
+    pytest.param((4, 3, 3, 3), id="ragged"),       # 18 rows per group: channels_last straddles
+    pytest.param((6, 20, 2, 3), id="C20-3-per"),   # three channel blocks, 3 images per group
+])
+def test_row_groups_equal_one_call_per_group(shape, layout, impl):
+    x, w, b, rm, rv, dy = make_inputs(shape, layout, seed=7)
+    dy, _ = untie(x, w, b, rm, rv, dy, True, "leaky_relu")
+    kw = dict(training=True, momentum=0.1, eps=1e-5, act="leaky_relu", negative_slope=SLOPE)
+    count, count_ref = torch.tensor(0), torch.tensor(0)
+    fast = run(lambda *a, **k: bn_act(*a, **k, impl=impl, groups=2, num_batches_tracked=count),
+               x, w, b, rm, rv, dy, **kw)
+    twin = run(lambda *a, **k: _two_calls(*a, **k, count=count_ref), x, w, b, rm, rv, dy, **kw)
+    assert_all_close(fast, twin, f"{impl} groups=2 vs two twin calls")
+    assert count.item() == count_ref.item() == 2
+    assert fast["y"].is_contiguous(memory_format=layout)
+    # the halves are not normalised together: one call over the whole batch differs
+    whole = run(bn_act_ref, x, w, b, rm, rv, dy, **kw)
+    assert not torch.allclose(whole["y"], fast["y"], rtol=1e-3, atol=1e-3)
+
+
+def test_row_groups_in_eval_are_one_group():
+    x, w, b, rm, rv, _ = make_inputs((4, 3, 2, 2), torch.contiguous_format, seed=8)
+    y = bn_act(x, w, b, rm, rv, training=False, act="relu", groups=2)
+    torch.testing.assert_close(y, bn_act_ref(x, w, b, rm, rv, training=False, act="relu"),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="equal groups"):
+        bn_act(x[:3], w, b, rm, rv, training=True, groups=2)
