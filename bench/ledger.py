@@ -58,6 +58,7 @@ def make_engine(cfg, engine: str, device: torch.device):
         # kernels (fastwgan.kernels.bn_act), so the engine runs under a ledger only
         set_impl(G, "triton")
         set_impl(D, "triton")
+        eng.step_cfg.one_batch = True  # the kernels' critic step (fastwgan.fast)
     for opt in (eng.opt_g, eng.opt_d):  # torch's default on CUDA, whatever the device here
         for group in opt.param_groups:
             if "foreach" in group and not group.get("fused"):

@@ -6,6 +6,9 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 * a loss trained with RMSprop (wgan) gets ``RMSpropClip``, the critic's with the clipping inside
   its update, the generator's without; a loss trained with Adam (gan, wgan-gp, hinge) torch's
   fused, capturable Adam (the loss's entry, fastwgan.losses, says which);
+* the critic sees real and fake as one batch of 2N, each half normalised by its own BatchNorm
+  statistics (``StepConfig.one_batch``, fastwgan.models.row_groups): the paper's two calls, in
+  half the launches, weight casts and gradient sums;
 * a loss whose critic step differentiates through D's input gradient (wgan-gp's penalty, eps
   drawn on the device) is captured with its double backward. Its critic has no BatchNorm, so no
   fused bn_act under it (bn_act's backward is once_differentiable); a critic block that had one
@@ -176,7 +179,12 @@ class FastEngine(Engine):
             torch.backends.cudnn.benchmark = True
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
+        # With the kernels, real and fake go through the critic as one batch (per-half BatchNorm
+        # statistics): half the critic's launches. The twins keep two calls, the reference's
+        # arithmetic (one batch changes the convolutions' rounding, which RMSprop's first steps
+        # amplify where a gradient is near zero); sync-bn keeps two calls too.
+        step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight,
+                              one_batch=self.impl == "triton" and not self.sync_bn)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world, share)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"

@@ -12,6 +12,8 @@ convolution is bias-free, conv weights ~ N(0, 0.02), BatchNorm weight ~ N(1, 0.0
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -66,19 +68,23 @@ class Block(nn.Module):
         self.impl = _check_impl(impl)
         # a torch.distributed group: training statistics over all its processes (set_sync_bn)
         self.sync_group = None
+        # the batch is this many equal groups of images, each normalised by its own statistics
+        # (row_groups): the critic's real and fake halves in one batch
+        self.row_groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         if self.ln is not None:
             y = self.ln(y)
-        if self.bn is not None and (self.impl == "triton" or self.sync_group is not None):
+        if self.bn is not None and (self.impl == "triton" or self.sync_group is not None
+                                    or self.row_groups > 1):
             from fastwgan.kernels.bn_act import bn_act
 
             bn = self.bn
             return bn_act(y, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                           training=bn.training, momentum=bn.momentum, eps=bn.eps,
                           act=self.act, negative_slope=self.negative_slope, impl=self.impl,
-                          process_group=self.sync_group,
+                          process_group=self.sync_group, groups=self.row_groups,
                           num_batches_tracked=bn.num_batches_tracked if bn.track_running_stats else None)
         if self.bn is not None:
             y = self.bn(y)
@@ -183,6 +189,21 @@ def set_impl(model: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, Block):
             m.impl = impl
     return model
+
+
+@contextlib.contextmanager
+def row_groups(model: nn.Module, groups: int):
+    """Within: ``model``'s batch is ``groups`` equal groups of images, each normalised by its own
+    BatchNorm statistics, the running statistics updated by each in turn: the same as one call
+    per group (fastwgan.kernels.bn_act's ``groups``), in one pass through the network."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for b in blocks:
+        b.row_groups = groups
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.row_groups = 1
 
 
 def set_sync_bn(model: nn.Module, group) -> nn.Module:
