@@ -400,6 +400,8 @@ def _config(N, C, S, channels_last, sms, groups=1):
                 units_per_prog=units_per_prog, group_chunks=group_chunks,
                 chunks=groups * group_chunks, num_warps=num_warps,
                 BLOCK_CF=BLOCK_CF, BLOCK_P=min(BLOCK_P, np2(group_chunks)),
+                # the folded finalize's tile of partials: (BLOCK_PF, BLOCK_C), at most 1024 values
+                BLOCK_PF=min(BLOCK_P, np2(group_chunks), max(2, 1024 // BLOCK_C)),
                 # a unit never straddles two groups: (NCHW: a unit is in one image)
                 aligned=groups == 1 or not channels_last or M % BLOCK_R == 0)
 
@@ -409,7 +411,7 @@ LEDGER_SMS = 132
 
 
 def kernel_launches(direction, shape, itemsize, channels_last, training=True, need_dx=True,
-                    need_dw=True, need_db=True, sms=None, groups=1):
+                    need_dw=True, need_db=True, sms=None, groups=1, fold=None):
     """The Triton launches of one call (``direction`` "forward" or "backward") on an input of
     ``shape`` and ``itemsize``, with the bytes each reads and writes, for a kernel ledger
     (fastwgan.kernels.launches). ``sms``: the GPU's multiprocessors (None: ``LEDGER_SMS``)."""
@@ -418,27 +420,36 @@ def kernel_launches(direction, shape, itemsize, channels_last, training=True, ne
     for d in shape[2:]:
         S *= d
     groups = groups if training else 1
+    fold = FOLD_FINALIZE if fold is None else fold
     cfg = _config(N, C, S, channels_last, sms or LEDGER_SMS, groups)
     if not cfg["aligned"]:  # one call per group (bn_act does so)
         part = (N // groups,) + tuple(shape[1:])
         return groups * kernel_launches(direction, part, itemsize, channels_last, training,
-                                        need_dx, need_dw, need_db, sms)
+                                        need_dx, need_dw, need_db, sms, fold=fold)
     x, part, vec = N * C * S * itemsize, cfg["chunks"] * C * 4, C * 4 * groups
     if direction == "forward":
         apply = Launch("bn_act_fwd", 2 * x + 4 * vec)  # x, mean, rstd, weight, bias -> y
         if not training:
             return [apply]
-        return [Launch("bn_stats_partial", x + 3 * part),
-                Launch("bn_stats_finalize", 3 * part + 6 * vec),  # running stats read, written
-                apply]
+        stats = [Launch("bn_stats_partial", x + 3 * part),
+                 Launch("bn_stats_finalize", 3 * part + 6 * vec)]  # running stats read, written
+        return _folded(stats, fold) + [apply]
     out = []
     need_coef = need_dx and training
     if need_dw or need_db or need_coef:
-        out.append(Launch("bn_act_bwd_partial", 2 * x + 4 * vec + 2 * part))
-        out.append(Launch("bn_act_bwd_finalize", 2 * part + vec * (need_dw + need_db + 2 * need_coef)))
+        out += _folded([Launch("bn_act_bwd_partial", 2 * x + 4 * vec + 2 * part),
+                        Launch("bn_act_bwd_finalize",
+                               2 * part + vec * (need_dw + need_db + 2 * need_coef))], fold)
     if need_dx:
         out.append(Launch("bn_act_bwd_dx", 3 * x + 6 * vec))
     return out
+
+
+def _folded(pair, fold):
+    """A partial-sum launch and its finalize, or (``fold``) the one launch doing both."""
+    if not fold:
+        return pair
+    return [Launch(pair[0].name + "+finalize", pair[0].bytes + pair[1].bytes)]
 
 
 def _launches_of(x, direction, **kw):
@@ -534,9 +545,19 @@ if triton is not None:
     def _bn_stats_partial_kernel(
         x_ptr,                      # input, (N, C, *spatial) in either layout
         part_ptr,                   # fp32 (3, chunks, C) out: count, mean, M2 of each chunk
+        stats_ptr,                  # FOLD: _bn_stats_finalize_kernel's outputs and buffers
+        running_mean_ptr,
+        running_var_ptr,
+        count_ptr,
+        tickets_ptr,                # FOLD: int32 (n_cblocks,) zeros, left zeros
         M, C, S, NSB,               # rows, channels, spatial size, units per image (NCHW)
         UNITS, UNITS_PER_PROG,      # units per row group, units per row chunk
         GROUP_CHUNKS,               # row chunks per row group
+        eps, momentum,
+        FOLD: tl.constexpr,         # the last program of a channel block combines the partials
+        HAS_RUNNING: tl.constexpr,
+        HAS_COUNT: tl.constexpr,
+        BLOCK_P: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_C: tl.constexpr,
         CHANNELS_LAST: tl.constexpr,
@@ -546,7 +567,7 @@ if triton is not None:
         chunks = tl.num_programs(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        g, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
+        grp, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
         # shift: the chunk's first row (always valid), close to the mean in distribution
         if CHANNELS_LAST:
             first = u_start * BLOCK_R * C + cols
@@ -575,24 +596,26 @@ if triton is not None:
         tl.store(out, tl.zeros([BLOCK_C], dtype=tl.float32) + n, mask=col_mask)
         tl.store(out + chunks * C, mean, mask=col_mask)
         tl.store(out + 2 * chunks * C, m2, mask=col_mask)
+        if FOLD:
+            # Finalize here rather than in a launch of its own: each program takes a ticket
+            # (acq_rel: its partials are visible to whoever takes a later one); the channel
+            # block's last one combines them all, then puts the ticket counter back to 0 for the
+            # next call (and CUDA graph replay).
+            ticket = tl.atomic_add(tickets_ptr + pid_c, 1, sem="acq_rel", scope="gpu")
+            if ticket == chunks - 1:
+                tl.store(tickets_ptr + pid_c, 0)
+                _stats_combine(part_ptr, stats_ptr, running_mean_ptr, running_var_ptr, count_ptr,
+                               cols, col_mask, C, GROUP_CHUNKS, chunks // GROUP_CHUNKS, eps,
+                               momentum, pid_c == 0, HAS_RUNNING, HAS_COUNT, False, BLOCK_P,
+                               BLOCK_C)
 
     @triton.jit
-    def _bn_stats_finalize_kernel(
-        part_ptr,                   # fp32 (3, GROUPS * P, C): count, mean, M2 per chunk
-        stats_ptr,                  # fp32 (GROUPS, 2, C) out: batch mean, rstd; (3, C) with MOMENTS
-        running_mean_ptr,           # (C,) updated in place when HAS_RUNNING, by each group in turn
-        running_var_ptr,            # (C,) updated in place when HAS_RUNNING, by each group in turn
-        count_ptr,                  # () int64 num_batches_tracked, += GROUPS when HAS_COUNT
-        C, P, GROUPS,               # channels, chunks per row group, row groups
-        eps, momentum,
-        HAS_RUNNING: tl.constexpr,
-        HAS_COUNT: tl.constexpr,
-        MOMENTS: tl.constexpr,      # write the combined count, mean, M2 (a rank's, for sync BN)
-        BLOCK_P: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-    ):
-        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        col_mask = cols < C
+    def _stats_combine(part_ptr, stats_ptr, running_mean_ptr, running_var_ptr, count_ptr, cols,
+                       col_mask, C, P, GROUPS, eps, momentum, count_here,
+                       HAS_RUNNING: tl.constexpr, HAS_COUNT: tl.constexpr, MOMENTS: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """The statistics of channels ``cols`` from the partials (see _bn_stats_finalize_kernel);
+        ``count_here``: this program adds to the batch counter."""
         plane = GROUPS * P * C  # between the count, mean and M2 planes
         if HAS_RUNNING:
             rm = tl.load(running_mean_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
@@ -609,9 +632,10 @@ if triton is not None:
                 ps = p0 + tl.arange(0, BLOCK_P)
                 mask = (ps < P)[:, None] & col_mask[None, :]
                 offs = (g * P + ps)[:, None] * C + cols[None, :]
-                n_i = tl.load(part_ptr + offs, mask=mask, other=0.0)
-                mean_i = tl.load(part_ptr + plane + offs, mask=mask, other=0.0)
-                m2_i = tl.load(part_ptr + 2 * plane + offs, mask=mask, other=0.0)
+                n_i = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+                mean_i = tl.load(part_ptr + plane + offs, mask=mask, other=0.0, cache_modifier=".cg")
+                m2_i = tl.load(part_ptr + 2 * plane + offs, mask=mask, other=0.0,
+                               cache_modifier=".cg")
                 # combine the block: its count, mean and M2
                 n_b = tl.sum(n_i, axis=0)
                 n_b_safe = tl.where(n_b > 0, n_b, 1.0)
@@ -643,8 +667,28 @@ if triton is not None:
             tl.store(running_mean_ptr + cols, rm.to(running_mean_ptr.dtype.element_ty), mask=col_mask)
             tl.store(running_var_ptr + cols, rv.to(running_var_ptr.dtype.element_ty), mask=col_mask)
         if HAS_COUNT:  # the module's batch counter, here rather than in a launch of its own
-            if tl.program_id(0) == 0:
+            if count_here:
                 tl.store(count_ptr, tl.load(count_ptr) + GROUPS)
+
+    @triton.jit
+    def _bn_stats_finalize_kernel(
+        part_ptr,                   # fp32 (3, GROUPS * P, C): count, mean, M2 per chunk
+        stats_ptr,                  # fp32 (GROUPS, 2, C) out: batch mean, rstd; (3, C) with MOMENTS
+        running_mean_ptr,           # (C,) updated in place when HAS_RUNNING, by each group in turn
+        running_var_ptr,            # (C,) updated in place when HAS_RUNNING, by each group in turn
+        count_ptr,                  # () int64 num_batches_tracked, += GROUPS when HAS_COUNT
+        C, P, GROUPS,               # channels, chunks per row group, row groups
+        eps, momentum,
+        HAS_RUNNING: tl.constexpr,
+        HAS_COUNT: tl.constexpr,
+        MOMENTS: tl.constexpr,      # write the combined count, mean, M2 (a rank's, for sync BN)
+        BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        _stats_combine(part_ptr, stats_ptr, running_mean_ptr, running_var_ptr, count_ptr, cols,
+                       cols < C, C, P, GROUPS, eps, momentum, tl.program_id(0) == 0, HAS_RUNNING,
+                       HAS_COUNT, MOMENTS, BLOCK_P, BLOCK_C)
 
     @triton.jit
     def _bn_act_fwd_kernel(
@@ -667,11 +711,11 @@ if triton is not None:
         pid_k = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        g, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
+        grp, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
         # per-channel affine map of the program's row group: y = x * scale + shift (training:
         # the group's (mean, rstd) at g * 2C; eval has one group)
-        mean = tl.load(mean_ptr + g * 2 * C + cols, mask=col_mask, other=0.0).to(tl.float32)
-        second = tl.load(second_ptr + g * 2 * C + cols, mask=col_mask, other=1.0).to(tl.float32)
+        mean = tl.load(mean_ptr + grp * 2 * C + cols, mask=col_mask, other=0.0).to(tl.float32)
+        second = tl.load(second_ptr + grp * 2 * C + cols, mask=col_mask, other=1.0).to(tl.float32)
         if FROM_RUNNING:
             rstd = tl.rsqrt(second + eps)
             if pid_k == 0:
@@ -710,9 +754,18 @@ if triton is not None:
         w_ptr,                      # (C,) weight
         b_ptr,                      # (C,) bias
         part_ptr,                   # fp32 (2, chunks, C) out: sum g, sum g * x_hat per chunk
+        dw_ptr,                     # FOLD: _bn_act_bwd_finalize_kernel's outputs
+        db_ptr,
+        coef_ptr,
+        tickets_ptr,                # FOLD: int32 (n_cblocks,) zeros, left zeros
         M, C, S, NSB, UNITS, UNITS_PER_PROG, GROUP_CHUNKS,
-        negative_slope,
+        negative_slope, inv_n,
         ACT: tl.constexpr,
+        FOLD: tl.constexpr,         # the last program of a channel block combines the partials
+        WRITE_DW: tl.constexpr,
+        WRITE_DB: tl.constexpr,
+        WRITE_COEF: tl.constexpr,
+        BLOCK_P: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_C: tl.constexpr,
         CHANNELS_LAST: tl.constexpr,
@@ -722,8 +775,8 @@ if triton is not None:
         chunks = tl.num_programs(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        g, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
-        mean, rstd, scale, shift = _saved_affine(stats_ptr + g * 2 * C, w_ptr, b_ptr, cols,
+        grp, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
+        mean, rstd, scale, shift = _saved_affine(stats_ptr + grp * 2 * C, w_ptr, b_ptr, cols,
                                                  col_mask, C)
         acc_g = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         acc_gx = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
@@ -740,6 +793,43 @@ if triton is not None:
         out = part_ptr + pid_k * C + cols
         tl.store(out, tl.sum(acc_g, axis=0), mask=col_mask)
         tl.store(out + chunks * C, tl.sum(acc_gx, axis=0), mask=col_mask)
+        if FOLD:  # the finalize, by the channel block's last program (_bn_stats_partial_kernel)
+            ticket = tl.atomic_add(tickets_ptr + pid_c, 1, sem="acq_rel", scope="gpu")
+            if ticket == chunks - 1:
+                tl.store(tickets_ptr + pid_c, 0)
+                _grad_combine(part_ptr, dw_ptr, db_ptr, coef_ptr, cols, col_mask, C, GROUP_CHUNKS,
+                              chunks // GROUP_CHUNKS, inv_n, WRITE_DW, WRITE_DB, WRITE_COEF,
+                              BLOCK_P, BLOCK_C)
+
+    @triton.jit
+    def _grad_combine(part_ptr, dw_ptr, db_ptr, coef_ptr, cols, col_mask, C, P, GROUPS, inv_n,
+                      WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr, WRITE_COEF: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """dweight, dbias and the dx coefficients of channels ``cols`` from the partials (see
+        _bn_act_bwd_finalize_kernel)."""
+        sum_g = tl.zeros([BLOCK_C], dtype=tl.float32)
+        sum_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for g in range(0, GROUPS):
+            acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+            acc_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+            for p0 in range(0, P, BLOCK_P):
+                ps = p0 + tl.arange(0, BLOCK_P)
+                mask = (ps < P)[:, None] & col_mask[None, :]
+                offs = (g * P + ps)[:, None] * C + cols[None, :]
+                acc_g += tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+                acc_gx += tl.load(part_ptr + GROUPS * P * C + offs, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            group_g = tl.sum(acc_g, axis=0)
+            group_gx = tl.sum(acc_gx, axis=0)
+            if WRITE_COEF:
+                tl.store(coef_ptr + g * 2 * C + cols, group_g * inv_n, mask=col_mask)
+                tl.store(coef_ptr + g * 2 * C + C + cols, group_gx * inv_n, mask=col_mask)
+            sum_g += group_g
+            sum_gx += group_gx
+        if WRITE_DW:
+            tl.store(dw_ptr + cols, sum_gx, mask=col_mask)
+        if WRITE_DB:
+            tl.store(db_ptr + cols, sum_g, mask=col_mask)
 
     @triton.jit
     def _bn_act_bwd_finalize_kernel(
@@ -755,29 +845,8 @@ if triton is not None:
         BLOCK_C: tl.constexpr,
     ):
         cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        col_mask = cols < C
-        sum_g = tl.zeros([BLOCK_C], dtype=tl.float32)
-        sum_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for g in range(0, GROUPS):
-            acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-            acc_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-            for p0 in range(0, P, BLOCK_P):
-                ps = p0 + tl.arange(0, BLOCK_P)
-                mask = (ps < P)[:, None] & col_mask[None, :]
-                offs = (g * P + ps)[:, None] * C + cols[None, :]
-                acc_g += tl.load(part_ptr + offs, mask=mask, other=0.0)
-                acc_gx += tl.load(part_ptr + GROUPS * P * C + offs, mask=mask, other=0.0)
-            group_g = tl.sum(acc_g, axis=0)
-            group_gx = tl.sum(acc_gx, axis=0)
-            if WRITE_COEF:
-                tl.store(coef_ptr + g * 2 * C + cols, group_g * inv_n, mask=col_mask)
-                tl.store(coef_ptr + g * 2 * C + C + cols, group_gx * inv_n, mask=col_mask)
-            sum_g += group_g
-            sum_gx += group_gx
-        if WRITE_DW:
-            tl.store(dw_ptr + cols, sum_gx, mask=col_mask)
-        if WRITE_DB:
-            tl.store(db_ptr + cols, sum_g, mask=col_mask)
+        _grad_combine(part_ptr, dw_ptr, db_ptr, coef_ptr, cols, cols < C, C, P, GROUPS, inv_n,
+                      WRITE_DW, WRITE_DB, WRITE_COEF, BLOCK_P, BLOCK_C)
 
     @triton.jit
     def _bn_act_bwd_dx_kernel(
@@ -800,12 +869,12 @@ if triton is not None:
         pid_k = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
-        g, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
-        mean, rstd, scale, shift = _saved_affine(stats_ptr + g * 2 * C, w_ptr, b_ptr, cols,
+        grp, u_start, u_end = _unit_range(pid_k, UNITS, UNITS_PER_PROG, GROUP_CHUNKS)
+        mean, rstd, scale, shift = _saved_affine(stats_ptr + grp * 2 * C, w_ptr, b_ptr, cols,
                                                  col_mask, C)
         if TRAINING:
-            mean_g = tl.load(coef_ptr + g * 2 * C + cols, mask=col_mask, other=0.0)
-            mean_gx = tl.load(coef_ptr + g * 2 * C + C + cols, mask=col_mask, other=0.0)
+            mean_g = tl.load(coef_ptr + grp * 2 * C + cols, mask=col_mask, other=0.0)
+            mean_gx = tl.load(coef_ptr + grp * 2 * C + C + cols, mask=col_mask, other=0.0)
         for u in range(u_start, u_end):
             offs, row_mask = _tile(u, cols, M, C, S, NSB, BLOCK_R, CHANNELS_LAST)
             mask = row_mask[:, None] & col_mask[None, :]
@@ -827,6 +896,22 @@ if triton is not None:
 # ------------------------------------------------------------------------------------------------
 def _device_index(t):
     return t.device.index if t.is_cuda else -1
+
+
+# Whether the partial-sum kernels finalize by their last program (one launch each way fewer);
+# the sync-bn path, whose collective comes in between, launches the finalize on its own.
+FOLD_FINALIZE = True
+_TICKETS: dict = {}
+
+
+def _tickets(device, n):
+    """The int32 counters of the folded finalize, one per channel block: zeros, allocated once
+    per device (before any CUDA graph capture: the first call is eager) and left zeros by every
+    launch that uses them."""
+    t = _TICKETS.get(device)
+    if t is None or t.numel() < n:
+        t = _TICKETS[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return t
 
 
 def _sms_of(x):
@@ -872,11 +957,25 @@ class _BnAct(torch.autograd.Function):
         # (3) launch
         launches.record("bn_act", kernel_launches("forward", (N, C, S), x.element_size(),
                                                   channels_last, training, sms=_sms_of(x),
-                                                  groups=groups))
+                                                  groups=groups,
+                                                  fold=group is None and FOLD_FINALIZE))
         n_all = None  # sync BN: the group's count per channel, for the backward
-        if training:
+        if training and group is None and FOLD_FINALIZE:  # two launches
             part = torch.empty((3, cfg["chunks"], C), **f32)
-            _bn_stats_partial_kernel[grid](x, part, *dims, **blocks)
+            _bn_stats_partial_kernel[grid](
+                x, part, stats, running_mean if running_mean is not None else stats,
+                running_var if running_var is not None else stats,
+                count if count is not None else stats, _tickets(x.device, cfg["n_cblocks"]),
+                *dims, eps, momentum, FOLD=True, HAS_RUNNING=running_mean is not None,
+                HAS_COUNT=count is not None, BLOCK_P=cfg["BLOCK_PF"], **blocks)
+            flat = stats.view(-1)
+            _bn_act_fwd_kernel[grid](x, y, flat, flat[C:], w, b, stats, *dims, eps,
+                                     negative_slope, ACT=act, FROM_RUNNING=False, **blocks)
+        elif training:
+            part = torch.empty((3, cfg["chunks"], C), **f32)
+            _bn_stats_partial_kernel[grid](x, part, part, part, part, part, part, *dims, eps,
+                                           momentum, FOLD=False, HAS_RUNNING=False,
+                                           HAS_COUNT=False, BLOCK_P=2, **blocks)
             if group is not None:  # this rank's moments, gathered: the group's partials
                 moments = torch.empty((3, C), **f32)
                 _finalize_stats(part, moments, None, None, C, cfg["chunks"], eps, momentum,
@@ -924,23 +1023,28 @@ class _BnAct(torch.autograd.Function):
         need_coef = need_dx and ctx.training
         launches.record("bn_act", kernel_launches("backward", (N, C, S), x.element_size(),
                                                   channels_last, ctx.training, need_dx, need_dw,
-                                                  need_db, sms=_sms_of(x), groups=groups))
+                                                  need_db, sms=_sms_of(x), groups=groups,
+                                                  fold=group is None and FOLD_FINALIZE))
         coef = None
         if need_dw or need_db or need_coef:
             # per-channel sums of g and g * x_hat, split over programs, then combined
             part = torch.empty((2, cfg["chunks"], C), **f32)
-            _bn_act_bwd_partial_kernel[grid](x, dy, stats, w, b, part, *dims, ctx.negative_slope,
-                                             ACT=ctx.act, **blocks)
             dw = torch.empty(C, **f32) if need_dw else None
             db = torch.empty(C, **f32) if need_db else None
             coef = torch.empty((groups, 2, C), **f32) if need_coef else None
             # sync BN: the rank's sums (inv_n 1), summed over the group, over the group's count
-            _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
-                part, dw if need_dw else part, db if need_db else part,
-                coef if need_coef else part, C, cfg["group_chunks"], groups,
-                1.0 if group is not None else groups / (N * S),
-                WRITE_DW=need_dw, WRITE_DB=need_db, WRITE_COEF=need_coef,
-                BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
+            inv_n = 1.0 if group is not None else groups / (N * S)
+            outs = (dw if need_dw else part, db if need_db else part, coef if need_coef else part)
+            writes = dict(WRITE_DW=need_dw, WRITE_DB=need_db, WRITE_COEF=need_coef)
+            fold = group is None and FOLD_FINALIZE  # the finalize in the partial kernel
+            _bn_act_bwd_partial_kernel[grid](
+                x, dy, stats, w, b, part, *outs, _tickets(x.device, cfg["n_cblocks"]), *dims,
+                ctx.negative_slope, inv_n, ACT=ctx.act, FOLD=fold, BLOCK_P=cfg["BLOCK_PF"],
+                **writes, **blocks)
+            if not fold:
+                _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
+                    part, *outs, C, cfg["group_chunks"], groups, inv_n, **writes,
+                    BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
             if need_coef and group is not None:
                 _all_reduce_sum_(coef, group).div_(n_all[0])
         if need_dx:

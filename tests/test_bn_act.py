@@ -511,3 +511,18 @@ def test_row_groups_in_eval_are_one_group():
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="equal groups"):
         bn_act(x[:3], w, b, rm, rv, training=True, groups=2)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "finalize-launch"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_finalize_folded_or_launched_on_its_own(monkeypatch, fold, groups):
+    # the partial kernels' last program finalizes (FOLD_FINALIZE), or the finalize kernels run
+    # on their own (the sync-bn path's order): the same results, and the ticket counters of the
+    # folded path are left at zero for the next call
+    monkeypatch.setattr(bn_act_mod, "FOLD_FINALIZE", fold)
+    x, w, b, rm, rv, dy = make_inputs((4, 20, 3, 3), torch.channels_last, seed=9)
+    kw = dict(training=True, momentum=0.1, eps=1e-5, act="relu", negative_slope=SLOPE)
+    fast = run(lambda *a, **k: bn_act(*a, **k, groups=groups), x, w, b, rm, rv, dy, **kw)
+    twin = run(lambda *a, **k: _two_calls(*a, **k, groups=groups), x, w, b, rm, rv, dy, **kw)
+    assert_all_close(fast, twin, f"fold={fold}, groups={groups}")
+    assert all(int(t.abs().sum()) == 0 for t in bn_act_mod._TICKETS.values())
