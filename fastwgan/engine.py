@@ -90,10 +90,10 @@ class Engine:
         real = self._real()  # before z: a device sampler draws from the same RNG
         z = self.noise()
         c = self.loss.critic_step(*self.critic_nets, self.opt_d, real, z, self.step_cfg)
-        # add_ on the slice: ``+=`` would also copy the slice back onto itself (a second kernel)
-        self.sums[:3].add_(torch.stack([c["loss_d"], c["d_real"], c["d_fake"]]))
+        # one foreach add into the sums' elements (``+=`` on a slice of a stack: three kernels)
+        torch._foreach_add_(list(self.sums[:3].unbind()), [c["loss_d"], c["d_real"], c["d_fake"]])
         if self.loss.extra:
-            self.sums[4:].add_(torch.stack([c[k] for k in self.loss.extra]))
+            torch._foreach_add_(list(self.sums[4:].unbind()), [c[k] for k in self.loss.extra])
 
     def generator(self) -> None:
         z = self.noise()

@@ -51,6 +51,19 @@ def autocast(x: torch.Tensor, cfg: StepConfig):
     return torch.autocast(x.device.type, dtype=cfg.amp_dtype, cache_enabled=cfg.autocast_cache)
 
 
+# backward's seed, 1, per (device, dtype): made once (before any CUDA graph is captured: the first
+# step is eager) instead of a fill kernel per backward; autograd only reads it
+_SEEDS: dict = {}
+
+
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, seeded with a cached 1 of the loss's device and dtype."""
+    key = (loss.device, loss.dtype)
+    if key not in _SEEDS:
+        _SEEDS[key] = torch.ones((), device=loss.device, dtype=loss.dtype)
+    loss.backward(_SEEDS[key])
+
+
 @torch.no_grad()
 def clip_weights_(params, clip: float) -> None:
     """Clip every critic parameter (BatchNorm included, as the paper's code) to [-clip, clip]."""
@@ -78,7 +91,7 @@ def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: 
             out_real = D(real).float()
             out_fake = D(fake).float()
     loss_d, d_real, d_fake = objective(out_real, out_fake)
-    loss_d.backward()
+    backward(loss_d)
     opt_d.step()
     if cfg.clip is not None:
         clip_weights_(D.parameters(), cfg.clip)
@@ -97,7 +110,7 @@ def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: 
         with autocast(z, cfg):
             out = D(G(z)).float()
         loss_g = objective(out)
-        loss_g.backward()
+        backward(loss_g)
     finally:
         for p, r in zip(D.parameters(), requires):
             p.requires_grad_(r)
