@@ -6,6 +6,9 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 * a loss trained with RMSprop (wgan) gets ``RMSpropClip``, the critic's with the clipping inside
   its update, the generator's without; a loss trained with Adam (gan, wgan-gp, hinge) torch's
   fused, capturable Adam (the loss's entry, fastwgan.losses, says which);
+* under autocast the convolutions' weights are cast by fastwgan.weight_cast, whose backward adds
+  each bf16 weight gradient straight into the flat gradient buffer (one kernel, not a cast back
+  and an add);
 * the critic sees real and fake as one batch of 2N, each half normalised by its own BatchNorm
   statistics (``StepConfig.one_batch``, fastwgan.models.row_groups): the paper's two calls, in
   half the launches, weight casts and gradient sums;
@@ -52,6 +55,7 @@ from fastwgan.engine import Engine
 from fastwgan.models import set_impl, set_sync_bn
 from fastwgan.losses import LOSSES
 from fastwgan.steps import StepConfig
+from fastwgan.weight_cast import set_cast_into_grad
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -170,6 +174,9 @@ class FastEngine(Engine):
             set_sync_bn(G, dist.group.WORLD)
             set_sync_bn(D, dist.group.WORLD)
         self.plain_critic_blocks = keep_twice_differentiable(D, cfg.loss)
+        if not LOSSES[cfg.loss].double_backward:  # bf16 weight gradients added into .grad
+            set_cast_into_grad(G)
+            set_cast_into_grad(D)
         broadcast_module_(G, world)  # rank 0's initial weights and running statistics
         broadcast_module_(D, world)
         if device.type == "cuda":

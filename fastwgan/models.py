@@ -18,6 +18,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from fastwgan.weight_cast import conv_forward
+
 IMPLS = ("ref", "triton")
 NORMS = ("batch", "layer", "none")  # the critic's normalisation (the generator's is always batch)
 
@@ -73,7 +75,7 @@ class Block(nn.Module):
         self.row_groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
+        y = conv_forward(self.conv, x)
         if self.ln is not None:
             y = self.ln(y)
         if self.bn is not None and (self.impl == "triton" or self.sync_group is not None
@@ -145,7 +147,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
-        return torch.tanh(self.head(self.blocks(z)))
+        return torch.tanh(conv_forward(self.head, self.blocks(z)))
 
 
 class Critic(nn.Module):
@@ -179,7 +181,7 @@ class Critic(nn.Module):
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x)).flatten()
+        return conv_forward(self.head, self.blocks(x)).flatten()
 
 
 def set_impl(model: nn.Module, impl: str) -> nn.Module:
