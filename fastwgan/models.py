@@ -87,6 +87,7 @@ class Block(nn.Module):
                           training=bn.training, momentum=bn.momentum, eps=bn.eps,
                           act=self.act, negative_slope=self.negative_slope, impl=self.impl,
                           process_group=self.sync_group, groups=self.row_groups,
+                          grads_into_params=getattr(self, "cast_into_grad", False),
                           num_batches_tracked=bn.num_batches_tracked if bn.track_running_stats else None)
         if self.bn is not None:
             y = self.bn(y)

@@ -56,8 +56,12 @@ def conv_forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def set_cast_into_grad(model: nn.Module, on: bool = True) -> nn.Module:
-    """Mark (or unmark) every Conv2d and ConvTranspose2d of ``model`` for ``conv_forward``."""
+    """Mark (or unmark) every Conv2d and ConvTranspose2d of ``model`` for ``conv_forward``, and
+    every block with a BatchNorm (fastwgan.models.Block) for bn_act's ``grads_into_params``:
+    the BatchNorm weight and bias gradients added into their ``.grad`` by the kernel that reduces
+    them. For networks without gradient hooks on their parameters (no DistributedDataParallel)."""
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or isinstance(getattr(m, "bn", None),
+                                                                         nn.BatchNorm2d):
             m.cast_into_grad = on
     return model

@@ -247,7 +247,7 @@ def _syncs(process_group, training):
 # ------------------------------------------------------------------------------------------------
 def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
            act="relu", negative_slope=0.2, impl="triton", process_group=None,
-           num_batches_tracked=None, groups=1):
+           num_batches_tracked=None, groups=1, grads_into_params=False):
     """BatchNorm (batch statistics when ``training``, else the running ones) then ``act``.
 
     x: (N, C, *spatial), fp32, fp16 or bf16, contiguous or (4-D) channels_last; y has x's dtype
@@ -262,6 +262,10 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     own statistics, the running statistics and the counter updated by each in turn: the same as
     one call per group, concatenated (the critic's real and fake halves in one batch). The
     kernels do it in the launches of one call where a group's rows fill whole tiles.
+    grads_into_params: add dweight and dbias straight into ``weight.grad`` and ``bias.grad``
+    where those exist (fp32), in the kernel that reduces them, and hand autograd no gradient for
+    them: no AccumulateGrad kernels. The same sums; but no gradient hook of the parameters runs,
+    so only for callers without any (not under DistributedDataParallel).
     """
     global _fallback_warned
     if impl not in IMPLS:
@@ -273,7 +277,8 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     args = (weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope)
     if groups > 1 and (sync or not _groups_fit(x, groups)):  # one call per group
         return torch.cat([bn_act(part, *args, impl=impl, process_group=process_group,
-                                 num_batches_tracked=num_batches_tracked)
+                                 num_batches_tracked=num_batches_tracked,
+                                 grads_into_params=grads_into_params)
                           for part in x.chunk(groups)])
     if sync and (impl == "ref" or triton is None or not (x.is_cuda or _INTERPRET)):
         _count_batch(num_batches_tracked, training)
@@ -281,7 +286,7 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
                                    float(eps), act, float(negative_slope), process_group)
     if launches.listening() and (impl == "ref" or not x.is_cuda) and x.numel() and x.dim() >= 2:
         # a kernel ledger (off CUDA: whatever impl) counts the twin as the launches it stands for
-        return _CountedRef.apply(x, *args, num_batches_tracked, groups)
+        return _CountedRef.apply(x, *args, num_batches_tracked, groups, grads_into_params)
     if impl == "ref" or x.numel() == 0:  # (nothing to launch for an empty batch)
         return bn_act_ref(x, *args, num_batches_tracked, groups)
     if triton is None or not (x.is_cuda or _INTERPRET):
@@ -296,7 +301,7 @@ def bn_act(x, weight, bias, running_mean, running_var, training=True, momentum=0
     return _BnAct.apply(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
                         float(eps), _ACT_ID[act], float(negative_slope),
                         process_group if sync else None,
-                        num_batches_tracked if training else None, groups)
+                        num_batches_tracked if training else None, groups, grads_into_params)
 
 
 def _groups_fit(x, groups):
@@ -464,8 +469,9 @@ class _CountedRef(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                negative_slope, num_batches_tracked, groups):
+                negative_slope, num_batches_tracked, groups, into_grad):
         launches.record("bn_act", _launches_of(x, "forward", training=training, groups=groups))
+        ctx.params = (weight, bias) if into_grad else (None, None)
         leaves = [t.detach().requires_grad_(need) if t is not None else None
                   for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3])]
         with launches.suppressed(), torch.enable_grad():  # (the counter: in the finalize kernel)
@@ -484,8 +490,14 @@ class _CountedRef(torch.autograd.Function):
         wanted = [t for t, need in zip(ctx.leaves, needs) if need and t is not None]
         with launches.suppressed():
             grads = iter(torch.autograd.grad(ctx.graph, wanted, dy) if wanted else ())
-        out = [next(grads) if need and t is not None else None for t, need in zip(ctx.leaves, needs)]
-        return (*out, None, None, None, None, None, None, None, None, None)
+            out = [next(grads) if need and t is not None else None
+                   for t, need in zip(ctx.leaves, needs)]
+            for i, param in ((1, ctx.params[0]), (2, ctx.params[1])):  # into .grad, as the kernel
+                target = _grad_target(param, out[i] is not None)
+                if target is not None:
+                    target.add_(out[i])
+                    out[i] = None
+        return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -826,16 +838,21 @@ if triton is not None:
                 tl.store(coef_ptr + g * 2 * C + C + cols, group_gx * inv_n, mask=col_mask)
             sum_g += group_g
             sum_gx += group_gx
-        if WRITE_DW:
+        # WRITE_DW, WRITE_DB: 0 no, 1 store, 2 add into what is there (the parameter's .grad)
+        if WRITE_DW == 2:
+            sum_gx += tl.load(dw_ptr + cols, mask=col_mask, other=0.0)
+        if WRITE_DB == 2:
+            sum_g += tl.load(db_ptr + cols, mask=col_mask, other=0.0)
+        if WRITE_DW > 0:
             tl.store(dw_ptr + cols, sum_gx, mask=col_mask)
-        if WRITE_DB:
+        if WRITE_DB > 0:
             tl.store(db_ptr + cols, sum_g, mask=col_mask)
 
     @triton.jit
     def _bn_act_bwd_finalize_kernel(
         part_ptr,                   # fp32 (2, GROUPS * P, C): sum g, sum g * x_hat per chunk
-        dw_ptr,                     # fp32 (C,) out when WRITE_DW: sum g * x_hat, all groups
-        db_ptr,                     # fp32 (C,) out when WRITE_DB: sum g, all groups
+        dw_ptr,                     # fp32 (C,) out when WRITE_DW: sum g * x_hat, all groups (+=: 2)
+        db_ptr,                     # fp32 (C,) out when WRITE_DB: sum g, all groups (+=: 2)
         coef_ptr,                   # fp32 (GROUPS, 2, C) out when WRITE_COEF: mean g, mean g * x_hat
         C, P, GROUPS, inv_n,        # channels, chunks per row group, row groups, 1 / group's rows
         WRITE_DW: tl.constexpr,
@@ -914,6 +931,15 @@ def _tickets(device, n):
     return t
 
 
+def _grad_target(param, needed):
+    """``param.grad`` where a gradient can be added straight into it (an fp32 (C,) contiguous
+    tensor), else None."""
+    grad = None if param is None or not needed else param.grad
+    if grad is None or grad.dtype != torch.float32 or not grad.is_contiguous():
+        return None
+    return grad
+
+
 def _sms_of(x):
     return _num_sms(x.device.index) if x.is_cuda and not _INTERPRET else None
 
@@ -940,7 +966,7 @@ def _finalize_stats(part, out, running_mean, running_var, C, P, eps, momentum, B
 class _BnAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
-                negative_slope, group=None, count=None, groups=1):
+                negative_slope, group=None, count=None, groups=1, into_grad=False):
         # (1) shapes and layout
         x, channels_last, N, C, S = _geometry(x)
         cfg = _launch_config(N, C, S, channels_last, _device_index(x), groups)
@@ -995,6 +1021,7 @@ class _BnAct(torch.autograd.Function):
                                      negative_slope, ACT=act, FROM_RUNNING=True, **blocks)
         ctx.save_for_backward(x, w, b, stats, *(() if n_all is None else (n_all,)))
         ctx.group, ctx.groups = group, groups
+        ctx.into_grad, ctx.params = into_grad, ((weight, bias) if into_grad else (None, None))
         ctx.geometry = (channels_last, N, C, S)
         ctx.training, ctx.act, ctx.negative_slope = training, act, negative_slope
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -1029,13 +1056,17 @@ class _BnAct(torch.autograd.Function):
         if need_dw or need_db or need_coef:
             # per-channel sums of g and g * x_hat, split over programs, then combined
             part = torch.empty((2, cfg["chunks"], C), **f32)
-            dw = torch.empty(C, **f32) if need_dw else None
-            db = torch.empty(C, **f32) if need_db else None
+            # straight into the parameters' .grad (ctx.into_grad: the caller has no grad hooks)
+            into_w, into_b = (_grad_target(p, need) if ctx.into_grad else None
+                              for p, need in zip(ctx.params, (need_dw, need_db)))
+            dw = into_w if into_w is not None else torch.empty(C, **f32) if need_dw else None
+            db = into_b if into_b is not None else torch.empty(C, **f32) if need_db else None
             coef = torch.empty((groups, 2, C), **f32) if need_coef else None
             # sync BN: the rank's sums (inv_n 1), summed over the group, over the group's count
             inv_n = 1.0 if group is not None else groups / (N * S)
             outs = (dw if need_dw else part, db if need_db else part, coef if need_coef else part)
-            writes = dict(WRITE_DW=need_dw, WRITE_DB=need_db, WRITE_COEF=need_coef)
+            writes = dict(WRITE_DW=2 if into_w is not None else int(need_dw),
+                          WRITE_DB=2 if into_b is not None else int(need_db), WRITE_COEF=need_coef)
             fold = group is None and FOLD_FINALIZE  # the finalize in the partial kernel
             _bn_act_bwd_partial_kernel[grid](
                 x, dy, stats, w, b, part, *outs, _tickets(x.device, cfg["n_cblocks"]), *dims,
@@ -1052,8 +1083,12 @@ class _BnAct(torch.autograd.Function):
             _bn_act_bwd_dx_kernel[grid](x, dy, dx, stats, w, b, coef if need_coef else stats,
                                         *dims, ctx.negative_slope, ACT=ctx.act,
                                         TRAINING=ctx.training, **blocks)
+            if into_w is not None:
+                dw = None  # added into weight.grad already
+            if into_b is not None:
+                db = None
         if dw is not None and dw.dtype != w.dtype:
             dw = dw.to(w.dtype)
         if db is not None and db.dtype != b.dtype:
             db = db.to(b.dtype)
-        return dx, dw, db, None, None, None, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None, None, None, None

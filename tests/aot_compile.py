@@ -131,7 +131,8 @@ def variants(full: bool):
                 tile = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], CHANNELS_LAST=channels_last)
                 a = ACTS[act]
                 fold = dict(FOLD=True, HAS_RUNNING=True, HAS_COUNT=True, BLOCK_P=cfg["BLOCK_PF"])
-                writes = dict(WRITE_DW=True, WRITE_DB=True, WRITE_COEF=True)
+                # the fast engine's: dweight and dbias added into the parameters' .grad
+                writes = dict(WRITE_DW=2, WRITE_DB=2, WRITE_COEF=True)
                 jobs = [
                     ("stats_partial", bn._bn_stats_partial_kernel, {**tile, **fold}),
                     ("stats_partial sync-bn", bn._bn_stats_partial_kernel,

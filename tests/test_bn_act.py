@@ -526,3 +526,20 @@ def test_finalize_folded_or_launched_on_its_own(monkeypatch, fold, groups):
     twin = run(lambda *a, **k: _two_calls(*a, **k, groups=groups), x, w, b, rm, rv, dy, **kw)
     assert_all_close(fast, twin, f"fold={fold}, groups={groups}")
     assert all(int(t.abs().sum()) == 0 for t in bn_act_mod._TICKETS.values())
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grads_into_params_adds_into_grad_bit_for_bit(groups):
+    # dweight and dbias added into the parameters' existing .grad by the reducing kernel (no
+    # AccumulateGrad): the same fp32 sums as autograd's accumulation, bit for bit
+    x, w, b, rm, rv, dy = make_inputs((4, 5, 2, 2), torch.channels_last, seed=11)
+    results = []
+    for into in (False, True):
+        xl, wl, bl = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        wl.grad, bl.grad = torch.full_like(w, 0.5), torch.full_like(b, -0.25)
+        y = bn_act(xl, wl, bl, rm.clone(), rv.clone(), training=True, act="relu", groups=groups,
+                   grads_into_params=into)
+        y.backward(dy)
+        results.append((xl.grad, wl.grad, bl.grad))
+    for plain, into in zip(*results):
+        assert torch.equal(plain, into)
