@@ -963,6 +963,40 @@ def _finalize_stats(part, out, running_mean, running_var, C, P, eps, momentum, B
         BLOCK_C=BLOCK_CF, num_warps=4)
 
 
+def _grad_sums(ctx, x, dy, stats, w, b, cfg, grid, dims, blocks, need_dw, need_db, need_coef,
+               n_all):
+    """The backward's per-channel sums of g and g * x_hat, split over programs, then combined:
+    dweight, dbias (or added into the parameters' .grad: ``into_w``, ``into_b``) and the dx
+    coefficients. Returns (dw, db, coef, into_w, into_b)."""
+    group, groups, C = ctx.group, ctx.groups, x.shape[1]
+    N, S = ctx.geometry[1], ctx.geometry[3]
+    f32 = dict(dtype=torch.float32, device=x.device)
+    part = torch.empty((2, cfg["chunks"], C), **f32)
+    # straight into the parameters' .grad (ctx.into_grad: the caller has no grad hooks)
+    into_w, into_b = (_grad_target(p, need) if ctx.into_grad else None
+                      for p, need in zip(ctx.params, (need_dw, need_db)))
+    dw = into_w if into_w is not None else torch.empty(C, **f32) if need_dw else None
+    db = into_b if into_b is not None else torch.empty(C, **f32) if need_db else None
+    coef = torch.empty((groups, 2, C), **f32) if need_coef else None
+    # sync BN: the rank's sums (inv_n 1), summed over the group, over the group's count
+    inv_n = 1.0 if group is not None else groups / (N * S)
+    outs = (dw if need_dw else part, db if need_db else part, coef if need_coef else part)
+    writes = dict(WRITE_DW=2 if into_w is not None else int(need_dw),
+                  WRITE_DB=2 if into_b is not None else int(need_db), WRITE_COEF=need_coef)
+    fold = group is None and FOLD_FINALIZE  # the finalize in the partial kernel
+    _bn_act_bwd_partial_kernel[grid](
+        x, dy, stats, w, b, part, *outs, _tickets(x.device, cfg["n_cblocks"]), *dims,
+        ctx.negative_slope, inv_n, ACT=ctx.act, FOLD=fold, BLOCK_P=cfg["BLOCK_PF"],
+        **writes, **blocks)
+    if not fold:
+        _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
+            part, *outs, C, cfg["group_chunks"], groups, inv_n, **writes,
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
+    if need_coef and group is not None:
+        _all_reduce_sum_(coef, group).div_(n_all[0])
+    return dw, db, coef, into_w, into_b
+
+
 class _BnAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act,
@@ -1046,47 +1080,25 @@ class _BnAct(torch.autograd.Function):
         dims = _grid_args(cfg, N, C, S)
         blocks = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], CHANNELS_LAST=channels_last,
                       num_warps=cfg["num_warps"])
-        f32 = dict(dtype=torch.float32, device=x.device)
         need_coef = need_dx and ctx.training
         launches.record("bn_act", kernel_launches("backward", (N, C, S), x.element_size(),
                                                   channels_last, ctx.training, need_dx, need_dw,
                                                   need_db, sms=_sms_of(x), groups=groups,
                                                   fold=group is None and FOLD_FINALIZE))
-        coef = None
+        coef = into_w = into_b = None
         if need_dw or need_db or need_coef:
-            # per-channel sums of g and g * x_hat, split over programs, then combined
-            part = torch.empty((2, cfg["chunks"], C), **f32)
-            # straight into the parameters' .grad (ctx.into_grad: the caller has no grad hooks)
-            into_w, into_b = (_grad_target(p, need) if ctx.into_grad else None
-                              for p, need in zip(ctx.params, (need_dw, need_db)))
-            dw = into_w if into_w is not None else torch.empty(C, **f32) if need_dw else None
-            db = into_b if into_b is not None else torch.empty(C, **f32) if need_db else None
-            coef = torch.empty((groups, 2, C), **f32) if need_coef else None
-            # sync BN: the rank's sums (inv_n 1), summed over the group, over the group's count
-            inv_n = 1.0 if group is not None else groups / (N * S)
-            outs = (dw if need_dw else part, db if need_db else part, coef if need_coef else part)
-            writes = dict(WRITE_DW=2 if into_w is not None else int(need_dw),
-                          WRITE_DB=2 if into_b is not None else int(need_db), WRITE_COEF=need_coef)
-            fold = group is None and FOLD_FINALIZE  # the finalize in the partial kernel
-            _bn_act_bwd_partial_kernel[grid](
-                x, dy, stats, w, b, part, *outs, _tickets(x.device, cfg["n_cblocks"]), *dims,
-                ctx.negative_slope, inv_n, ACT=ctx.act, FOLD=fold, BLOCK_P=cfg["BLOCK_PF"],
-                **writes, **blocks)
-            if not fold:
-                _bn_act_bwd_finalize_kernel[(triton.cdiv(C, cfg["BLOCK_CF"]),)](
-                    part, *outs, C, cfg["group_chunks"], groups, inv_n, **writes,
-                    BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_CF"], num_warps=4)
-            if need_coef and group is not None:
-                _all_reduce_sum_(coef, group).div_(n_all[0])
+            dw, db, coef, into_w, into_b = _grad_sums(ctx, x, dy, stats, w, b, cfg, grid, dims,
+                                                      blocks, need_dw, need_db, need_coef,
+                                                      n_all)
         if need_dx:
             dx = torch.empty_like(x)
             _bn_act_bwd_dx_kernel[grid](x, dy, dx, stats, w, b, coef if need_coef else stats,
                                         *dims, ctx.negative_slope, ACT=ctx.act,
                                         TRAINING=ctx.training, **blocks)
-            if into_w is not None:
-                dw = None  # added into weight.grad already
-            if into_b is not None:
-                db = None
+        if into_w is not None:
+            dw = None  # added into weight.grad already
+        if into_b is not None:
+            db = None
         if dw is not None and dw.dtype != w.dtype:
             dw = dw.to(w.dtype)
         if db is not None and db.dtype != b.dtype:

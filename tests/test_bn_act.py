@@ -543,3 +543,15 @@ def test_grads_into_params_adds_into_grad_bit_for_bit(groups):
         results.append((xl.grad, wl.grad, bl.grad))
     for plain, into in zip(*results):
         assert torch.equal(plain, into)
+
+
+def test_grads_into_params_without_dx():
+    # x frozen (no dx kernel): the parameters' gradients are still added once, not also returned
+    x, w, b, rm, rv, dy = make_inputs((4, 5, 2, 2), torch.contiguous_format, seed=12)
+    wl, bl = w.clone().requires_grad_(), b.clone().requires_grad_()
+    wl.grad, bl.grad = torch.zeros_like(w), torch.zeros_like(b)
+    y = bn_act(x, wl, bl, rm.clone(), rv.clone(), training=True, act="relu", grads_into_params=True)
+    y.backward(dy)
+    ref = run(bn_act_ref, x, w, b, rm, rv, dy, training=True, act="relu")
+    torch.testing.assert_close(wl.grad, ref["dweight"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bl.grad, ref["dbias"], rtol=1e-5, atol=1e-4)
