@@ -40,7 +40,7 @@ class StepConfig:
     # autocast's weight-cast cache must be off while a CUDA graph is captured
     autocast_cache: bool = True
     # the critic sees real and fake as one batch, each half normalised by its own BatchNorm
-    # statistics (fastwgan.models.row_groups): the same step as two calls, in half the launches
+    # statistics (fastwgan.models.row_groups): the two calls' step, in half the launches
     one_batch: bool = False
     gp_weight: float = 10.0         # lambda of the gradient penalty (wgan-gp)
 
@@ -78,7 +78,8 @@ def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: 
     ``objective(out_real, out_fake)`` gives (loss_d, d_real, d_fake) from the critic's fp32
     scores. Real and fake go through the critic as two batches, as in the paper's code: with
     BatchNorm in training mode each is normalised by its own statistics; with ``cfg.one_batch``
-    as one batch whose halves are normalised each by its own statistics (the same arithmetic).
+    as one batch whose halves are normalised each by its own statistics (the same statistics;
+    the convolutions' sums over the batch round in another order).
     """
     with torch.no_grad(), autocast(z, cfg):
         fake = G(z)
