@@ -16,8 +16,9 @@ reference eager and the fast engine with graphs, in fp32, the latter's ratio tak
 operations as torch's FlopCounterMode counts them: about 1.65 GFLOP per real image at 64x64) and,
 on a GPU whose peak is known, the model FLOPs utilisation against its dense bf16 peak, the
 ratio to the eager fp32 reference of the same run (when it ran first, as it does in file order) and
-the projected time of the paper's full recipe: 1e5 generator iterations, of which 224 are
-100-critic-step phases.
+the projected time of the paper's schedule: 1e5 generator iterations, of which 224 are
+100-critic-step phases, at the row's own sizes (the paper's recipe on a GPU; on a CPU the cpu
+preset's networks, which the summary's column title says).
 
     pytest bench/test_bench_train.py --benchmark-only
 """

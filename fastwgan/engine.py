@@ -90,14 +90,15 @@ class Engine:
         real = self._real()  # before z: a device sampler draws from the same RNG
         z = self.noise()
         c = self.loss.critic_step(*self.critic_nets, self.opt_d, real, z, self.step_cfg)
-        self.sums[:3] += torch.stack([c["loss_d"], c["d_real"], c["d_fake"]])
+        # one foreach add into the sums' elements (``+=`` on a slice of a stack: three kernels)
+        torch._foreach_add_(list(self.sums[:3].unbind()), [c["loss_d"], c["d_real"], c["d_fake"]])
         if self.loss.extra:
-            self.sums[4:] += torch.stack([c[k] for k in self.loss.extra])
+            torch._foreach_add_(list(self.sums[4:].unbind()), [c[k] for k in self.loss.extra])
 
     def generator(self) -> None:
         z = self.noise()
         g = self.loss.generator_step(*self.generator_nets, self.opt_g, z, self.step_cfg)
-        self.sums[3] += g["loss_g"]
+        self.sums[3].add_(g["loss_g"])
 
     def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
         """Each network's parameters, for the cross-rank check (fastwgan.distributed.check_in_sync)."""

@@ -6,6 +6,12 @@ The phases are the reference's (fastwgan.steps); what changes is where they run:
 * a loss trained with RMSprop (wgan) gets ``RMSpropClip``, the critic's with the clipping inside
   its update, the generator's without; a loss trained with Adam (gan, wgan-gp, hinge) torch's
   fused, capturable Adam (the loss's entry, fastwgan.losses, says which);
+* under autocast the convolutions' weights are cast by fastwgan.weight_cast, whose backward adds
+  each bf16 weight gradient straight into the flat gradient buffer (one kernel, not a cast back
+  and an add);
+* the critic sees real and fake as one batch of 2N, each half normalised by its own BatchNorm
+  statistics (``StepConfig.one_batch``, fastwgan.models.row_groups): the paper's two calls, in
+  half the launches, weight casts and gradient sums;
 * a loss whose critic step differentiates through D's input gradient (wgan-gp's penalty, eps
   drawn on the device) is captured with its double backward. Its critic has no BatchNorm, so no
   fused bn_act under it (bn_act's backward is once_differentiable); a critic block that had one
@@ -49,6 +55,7 @@ from fastwgan.engine import Engine
 from fastwgan.models import set_impl, set_sync_bn
 from fastwgan.losses import LOSSES
 from fastwgan.steps import StepConfig
+from fastwgan.weight_cast import set_cast_into_grad
 
 WARMUP_ITERATIONS = 1  # eager iterations before capture (the first one is a 100-step phase)
 
@@ -167,6 +174,9 @@ class FastEngine(Engine):
             set_sync_bn(G, dist.group.WORLD)
             set_sync_bn(D, dist.group.WORLD)
         self.plain_critic_blocks = keep_twice_differentiable(D, cfg.loss)
+        if not LOSSES[cfg.loss].double_backward:  # bf16 weight gradients added into .grad
+            set_cast_into_grad(G)
+            set_cast_into_grad(D)
         broadcast_module_(G, world)  # rank 0's initial weights and running statistics
         broadcast_module_(D, world)
         if device.type == "cuda":
@@ -176,7 +186,12 @@ class FastEngine(Engine):
             torch.backends.cudnn.benchmark = True
         opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
-        step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight)
+        # With the kernels, real and fake go through the critic as one batch (per-half BatchNorm
+        # statistics): half the critic's launches. The twins keep two calls, the reference's
+        # arithmetic (one batch changes the convolutions' rounding, which RMSprop's first steps
+        # amplify where a gradient is near zero); sync-bn keeps two calls too.
+        step_cfg = StepConfig(None, amp_dtype, autocast_cache=False, gp_weight=cfg.gp_weight,
+                              one_batch=self.impl == "triton" and not self.sync_bn)
         super().__init__(cfg, G, D, sampler, device, step_cfg, opt_g, opt_d, world, share)
         self.clip_critic_at_build(cfg)  # in place: the optimizer's flat buffers hold the weights
         self.use_graphs = graphs and device.type == "cuda"

@@ -12,9 +12,13 @@ convolution is bias-free, conv weights ~ N(0, 0.02), BatchNorm weight ~ N(1, 0.0
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from fastwgan.weight_cast import conv_forward
 
 IMPLS = ("ref", "triton")
 NORMS = ("batch", "layer", "none")  # the critic's normalisation (the generator's is always batch)
@@ -66,21 +70,25 @@ class Block(nn.Module):
         self.impl = _check_impl(impl)
         # a torch.distributed group: training statistics over all its processes (set_sync_bn)
         self.sync_group = None
+        # the batch is this many equal groups of images, each normalised by its own statistics
+        # (row_groups): the critic's real and fake halves in one batch
+        self.row_groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
+        y = conv_forward(self.conv, x)
         if self.ln is not None:
             y = self.ln(y)
-        if self.bn is not None and (self.impl == "triton" or self.sync_group is not None):
+        if self.bn is not None and (self.impl == "triton" or self.sync_group is not None
+                                    or self.row_groups > 1):
             from fastwgan.kernels.bn_act import bn_act
 
             bn = self.bn
-            if bn.training and bn.track_running_stats:
-                bn.num_batches_tracked.add_(1)
             return bn_act(y, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                           training=bn.training, momentum=bn.momentum, eps=bn.eps,
                           act=self.act, negative_slope=self.negative_slope, impl=self.impl,
-                          process_group=self.sync_group)
+                          process_group=self.sync_group, groups=self.row_groups,
+                          grads_into_params=getattr(self, "cast_into_grad", False),
+                          num_batches_tracked=bn.num_batches_tracked if bn.track_running_stats else None)
         if self.bn is not None:
             y = self.bn(y)
         if self.act == "relu":
@@ -140,7 +148,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
-        return torch.tanh(self.head(self.blocks(z)))
+        return torch.tanh(conv_forward(self.head, self.blocks(z)))
 
 
 class Critic(nn.Module):
@@ -174,7 +182,7 @@ class Critic(nn.Module):
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x)).flatten()
+        return conv_forward(self.head, self.blocks(x)).flatten()
 
 
 def set_impl(model: nn.Module, impl: str) -> nn.Module:
@@ -184,6 +192,21 @@ def set_impl(model: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, Block):
             m.impl = impl
     return model
+
+
+@contextlib.contextmanager
+def row_groups(model: nn.Module, groups: int):
+    """Within: ``model``'s batch is ``groups`` equal groups of images, each normalised by its own
+    BatchNorm statistics, the running statistics updated by each in turn: the same as one call
+    per group (fastwgan.kernels.bn_act's ``groups``), in one pass through the network."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for b in blocks:
+        b.row_groups = groups
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.row_groups = 1
 
 
 def set_sync_bn(model: nn.Module, group) -> nn.Module:

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from fastwgan.models import row_groups
+
 # (out_real, out_fake) -> (loss_d, d_real, d_fake), from the critic's fp32 scores (N,)
 CriticObjective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 # D(G(z)) -> loss_g
@@ -37,6 +39,9 @@ class StepConfig:
     amp_dtype: Optional[torch.dtype] = None  # autocast dtype (bf16), None for full precision
     # autocast's weight-cast cache must be off while a CUDA graph is captured
     autocast_cache: bool = True
+    # the critic sees real and fake as one batch, each half normalised by its own BatchNorm
+    # statistics (fastwgan.models.row_groups): the two calls' step, in half the launches
+    one_batch: bool = False
     gp_weight: float = 10.0         # lambda of the gradient penalty (wgan-gp)
 
 
@@ -44,6 +49,19 @@ def autocast(x: torch.Tensor, cfg: StepConfig):
     if cfg.amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(x.device.type, dtype=cfg.amp_dtype, cache_enabled=cfg.autocast_cache)
+
+
+# backward's seed, 1, per (device, dtype): made once (before any CUDA graph is captured: the first
+# step is eager) instead of a fill kernel per backward; autograd only reads it
+_SEEDS: dict = {}
+
+
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, seeded with a cached 1 of the loss's device and dtype."""
+    key = (loss.device, loss.dtype)
+    if key not in _SEEDS:
+        _SEEDS[key] = torch.ones((), device=loss.device, dtype=loss.dtype)
+    loss.backward(_SEEDS[key])
 
 
 @torch.no_grad()
@@ -59,16 +77,22 @@ def critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: 
 
     ``objective(out_real, out_fake)`` gives (loss_d, d_real, d_fake) from the critic's fp32
     scores. Real and fake go through the critic as two batches, as in the paper's code: with
-    BatchNorm in training mode each is normalised by its own statistics.
+    BatchNorm in training mode each is normalised by its own statistics; with ``cfg.one_batch``
+    as one batch whose halves are normalised each by its own statistics (the same statistics;
+    the convolutions' sums over the batch round in another order).
     """
     with torch.no_grad(), autocast(z, cfg):
         fake = G(z)
     opt_d.zero_grad(set_to_none=True)
     with autocast(real, cfg):
-        out_real = D(real).float()
-        out_fake = D(fake).float()
+        if cfg.one_batch:
+            with row_groups(D, 2):
+                out_real, out_fake = D(torch.cat([real.to(fake.dtype), fake])).float().chunk(2)
+        else:
+            out_real = D(real).float()
+            out_fake = D(fake).float()
     loss_d, d_real, d_fake = objective(out_real, out_fake)
-    loss_d.backward()
+    backward(loss_d)
     opt_d.step()
     if cfg.clip is not None:
         clip_weights_(D.parameters(), cfg.clip)
@@ -87,7 +111,7 @@ def generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: 
         with autocast(z, cfg):
             out = D(G(z)).float()
         loss_g = objective(out)
-        loss_g.backward()
+        backward(loss_g)
     finally:
         for p, r in zip(D.parameters(), requires):
             p.requires_grad_(r)

@@ -26,6 +26,8 @@ import warnings
 
 import torch
 
+from fastwgan.kernels import launches
+
 try:
     import triton
     import triton.language as tl
@@ -42,6 +44,13 @@ BLOCK_SIZE = 1024
 NUM_WARPS = 4
 
 
+def kernel_launches(param: torch.Tensor, *args, **kwargs) -> list[launches.Launch]:
+    """The one launch this op makes on CUDA: param, grad, square_avg read, param and square_avg
+    written (20 bytes per element), for a kernel ledger (fastwgan.kernels.launches)."""
+    return [launches.Launch("rmsprop_clip", 20 * param.numel())]
+
+
+@launches.counted_as("optimizer", kernel_launches)
 def rmsprop_clip_ref(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -217,6 +226,7 @@ def rmsprop_clip(
 
 def _launch(param, grad, square_avg, lr, alpha, eps, clip, step) -> None:
     """(3) the launch alone, for callers that checked the arguments once (fastwgan.optim)."""
+    launches.record("optimizer", kernel_launches(param))
     n = param.numel()
     if n == 0:
         if step is not None:

@@ -41,9 +41,11 @@ rc = importlib.import_module("fastwgan.kernels.rmsprop_clip")
 bn = importlib.import_module("fastwgan.kernels.bn_act")
 
 H100_SMS = 132
-INTS = {"M", "C", "S", "NSB", "UNITS", "UNITS_PER_PROG", "P", "n_elements"}
+INTS = {"M", "C", "S", "NSB", "UNITS", "UNITS_PER_PROG", "GROUP_CHUNKS", "P", "GROUPS",
+        "n_elements"}
 ALIGNED_INTS = {"M", "C", "S", "n_elements"}
 DATA_PTRS = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # in the activations' dtype; the rest fp32
+INT_PTRS = {"count_ptr": "*i64", "tickets_ptr": "*i32"}
 
 # the DCGAN blocks with BatchNorm at 64x64 (ngf = ndf = 64): (C, H=W, activation)
 BLOCKS = [(512, 4, "relu"), (256, 8, "relu"), (128, 16, "relu"), (64, 32, "relu"),       # G
@@ -71,6 +73,8 @@ def source(kernel, dtype: str, constexprs: dict) -> ASTSource:
     for n in names:
         if n in constexprs:
             sig[n] = "constexpr"
+        elif n in INT_PTRS:
+            sig[n] = INT_PTRS[n]
         elif n.endswith("_ptr") or (n == "lr" and constexprs.get("LR_FROM_PTR")):
             sig[n] = f"*{dtype}" if n in DATA_PTRS else "*fp32"
         elif n in INTS:
@@ -126,16 +130,22 @@ def variants(full: bool):
                 cfg = bn._launch_config(64, C, hw * hw, channels_last, 0)
                 tile = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"], CHANNELS_LAST=channels_last)
                 a = ACTS[act]
+                fold = dict(FOLD=True, HAS_RUNNING=True, HAS_COUNT=True, BLOCK_P=cfg["BLOCK_PF"])
+                # the fast engine's: dweight and dbias added into the parameters' .grad
+                writes = dict(WRITE_DW=2, WRITE_DB=2, WRITE_COEF=True)
                 jobs = [
-                    ("stats_partial", bn._bn_stats_partial_kernel, tile),
+                    ("stats_partial", bn._bn_stats_partial_kernel, {**tile, **fold}),
+                    ("stats_partial sync-bn", bn._bn_stats_partial_kernel,
+                     dict(tile, FOLD=False, HAS_RUNNING=False, HAS_COUNT=False, BLOCK_P=2)),
                     ("stats_finalize", bn._bn_stats_finalize_kernel,
-                     dict(HAS_RUNNING=True, MOMENTS=False, BLOCK_P=cfg["BLOCK_P"],
+                     dict(HAS_RUNNING=True, HAS_COUNT=True, MOMENTS=False, BLOCK_P=cfg["BLOCK_P"],
                           BLOCK_C=cfg["BLOCK_CF"])),
                     ("stats_finalize sync-bn moments", bn._bn_stats_finalize_kernel,
-                     dict(HAS_RUNNING=False, MOMENTS=True, BLOCK_P=cfg["BLOCK_P"],
+                     dict(HAS_RUNNING=False, HAS_COUNT=False, MOMENTS=True, BLOCK_P=cfg["BLOCK_P"],
                           BLOCK_C=cfg["BLOCK_CF"])),
                     ("fwd", bn._bn_act_fwd_kernel, dict(ACT=a, FROM_RUNNING=False, **tile)),
-                    ("bwd_partial", bn._bn_act_bwd_partial_kernel, dict(ACT=a, **tile)),
+                    ("bwd_partial", bn._bn_act_bwd_partial_kernel,
+                     dict(ACT=a, FOLD=True, BLOCK_P=cfg["BLOCK_PF"], **writes, **tile)),
                     ("bwd_finalize", bn._bn_act_bwd_finalize_kernel,
                      dict(WRITE_DW=True, WRITE_DB=True, WRITE_COEF=True, BLOCK_P=cfg["BLOCK_P"],
                           BLOCK_C=cfg["BLOCK_CF"])),

@@ -28,3 +28,12 @@ def test_comparison_puts_the_reference_first():
 
 def test_no_end_to_end_rows_no_table():
     assert summarize.comparison_table([{"name": "k", "stats": {"mean": 1.0}, "extra_info": {}}]) == ""
+
+
+def test_the_recipe_column_names_what_it_computes():
+    # at the bench's CPU sizes the column is the paper's schedule at those sizes, not its recipe
+    lines = summarize.comparison_table([row(summarize.REFERENCE, 100.0, 1.0, 112.5)]).splitlines()
+    assert "not the paper's recipe" in lines[2] and "32x32, batch 16, width 16" in lines[2]
+    paper = row(summarize.REFERENCE, 100.0, 1.0, 7.5)
+    paper["extra_info"].update(image_size=64, batch=64, width=64)
+    assert "| paper recipe (min) |" in summarize.comparison_table([paper]).splitlines()[2]

@@ -461,3 +461,97 @@ def test_gpu_cuda_graph_capture():
     # fp32 on a GPU: sums over 1024 rows in different orders
     assert_all_close(got, ref, "CUDA graph replay",
                      tol={k: (1e-5, 1e-4) for k in ref})
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_num_batches_tracked_counts_training_calls(impl, training):
+    # the Triton path increments it in the statistics' finalize kernel, the twin with add_:
+    # nn.BatchNorm2d's count either way (+1 per training call, unchanged in eval)
+    x, w, b, rm, rv, _ = make_inputs((2, 5, 3, 3), torch.contiguous_format, seed=5)
+    count = torch.tensor(7, dtype=torch.long)
+    for _ in range(2):
+        bn_act(x, w, b, rm, rv, training=training, act="relu", impl=impl, num_batches_tracked=count)
+    assert count.item() == (9 if training else 7)
+
+
+def _two_calls(x, w, b, rm, rv, groups=2, count=None, **kw):
+    """The specification of ``groups``: one twin call per group of images, concatenated."""
+    return torch.cat([bn_act_ref(part, w, b, rm, rv, num_batches_tracked=count, **kw)
+                      for part in x.chunk(groups)])
+
+
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [
+    pytest.param((4, 5, 2, 2), id="aligned"),      # 8 rows per group: whole interpreter tiles
+    pytest.param((4, 3, 3, 3), id="ragged"),       # 18 rows per group: channels_last straddles
+    pytest.param((6, 20, 2, 3), id="C20-3-per"),   # three channel blocks, 3 images per group
+])
+def test_row_groups_equal_one_call_per_group(shape, layout, impl):
+    x, w, b, rm, rv, dy = make_inputs(shape, layout, seed=7)
+    dy, _ = untie(x, w, b, rm, rv, dy, True, "leaky_relu")
+    kw = dict(training=True, momentum=0.1, eps=1e-5, act="leaky_relu", negative_slope=SLOPE)
+    count, count_ref = torch.tensor(0), torch.tensor(0)
+    fast = run(lambda *a, **k: bn_act(*a, **k, impl=impl, groups=2, num_batches_tracked=count),
+               x, w, b, rm, rv, dy, **kw)
+    twin = run(lambda *a, **k: _two_calls(*a, **k, count=count_ref), x, w, b, rm, rv, dy, **kw)
+    assert_all_close(fast, twin, f"{impl} groups=2 vs two twin calls")
+    assert count.item() == count_ref.item() == 2
+    assert fast["y"].is_contiguous(memory_format=layout)
+    # the halves are not normalised together: one call over the whole batch differs
+    whole = run(bn_act_ref, x, w, b, rm, rv, dy, **kw)
+    assert not torch.allclose(whole["y"], fast["y"], rtol=1e-3, atol=1e-3)
+
+
+def test_row_groups_in_eval_are_one_group():
+    x, w, b, rm, rv, _ = make_inputs((4, 3, 2, 2), torch.contiguous_format, seed=8)
+    y = bn_act(x, w, b, rm, rv, training=False, act="relu", groups=2)
+    torch.testing.assert_close(y, bn_act_ref(x, w, b, rm, rv, training=False, act="relu"),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="equal groups"):
+        bn_act(x[:3], w, b, rm, rv, training=True, groups=2)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "finalize-launch"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_finalize_folded_or_launched_on_its_own(monkeypatch, fold, groups):
+    # the partial kernels' last program finalizes (FOLD_FINALIZE), or the finalize kernels run
+    # on their own (the sync-bn path's order): the same results, and the ticket counters of the
+    # folded path are left at zero for the next call
+    monkeypatch.setattr(bn_act_mod, "FOLD_FINALIZE", fold)
+    x, w, b, rm, rv, dy = make_inputs((4, 20, 3, 3), torch.channels_last, seed=9)
+    kw = dict(training=True, momentum=0.1, eps=1e-5, act="relu", negative_slope=SLOPE)
+    fast = run(lambda *a, **k: bn_act(*a, **k, groups=groups), x, w, b, rm, rv, dy, **kw)
+    twin = run(lambda *a, **k: _two_calls(*a, **k, groups=groups), x, w, b, rm, rv, dy, **kw)
+    assert_all_close(fast, twin, f"fold={fold}, groups={groups}")
+    assert all(int(t.abs().sum()) == 0 for t in bn_act_mod._TICKETS.values())
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grads_into_params_adds_into_grad_bit_for_bit(groups):
+    # dweight and dbias added into the parameters' existing .grad by the reducing kernel (no
+    # AccumulateGrad): the same fp32 sums as autograd's accumulation, bit for bit
+    x, w, b, rm, rv, dy = make_inputs((4, 5, 2, 2), torch.channels_last, seed=11)
+    results = []
+    for into in (False, True):
+        xl, wl, bl = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        wl.grad, bl.grad = torch.full_like(w, 0.5), torch.full_like(b, -0.25)
+        y = bn_act(xl, wl, bl, rm.clone(), rv.clone(), training=True, act="relu", groups=groups,
+                   grads_into_params=into)
+        y.backward(dy)
+        results.append((xl.grad, wl.grad, bl.grad))
+    for plain, into in zip(*results):
+        assert torch.equal(plain, into)
+
+
+def test_grads_into_params_without_dx():
+    # x frozen (no dx kernel): the parameters' gradients are still added once, not also returned
+    x, w, b, rm, rv, dy = make_inputs((4, 5, 2, 2), torch.contiguous_format, seed=12)
+    wl, bl = w.clone().requires_grad_(), b.clone().requires_grad_()
+    wl.grad, bl.grad = torch.zeros_like(w), torch.zeros_like(b)
+    y = bn_act(x, wl, bl, rm.clone(), rv.clone(), training=True, act="relu", grads_into_params=True)
+    y.backward(dy)
+    ref = run(bn_act_ref, x, w, b, rm, rv, dy, training=True, act="relu")
+    torch.testing.assert_close(wl.grad, ref["dweight"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bl.grad, ref["dbias"], rtol=1e-5, atol=1e-4)

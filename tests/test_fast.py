@@ -527,3 +527,36 @@ def test_graph_replay_with_a_seeded_sampler_equals_eager():
     assert torch.equal(samplers[0].index, samplers[1].index)  # the last draw of each
     assert_same_state(eager.D, graph.D, rtol=1e-5, atol=2e-7)
     assert_same_state(eager.G, graph.G, rtol=1e-4, atol=1e-5)
+
+
+def test_one_batch_critic_step_equals_two_calls_step_by_step():
+    # real and fake as one batch with per-half BatchNorm statistics (the kernels' critic step)
+    # against the reference's two calls, one critic step at a time from the same state, fp32.
+    # Only the convolutions' reduction order differs (one over 2N samples instead of two sums):
+    # the losses and the running statistics to 1e-6, the counters exactly; RMSprop normalises
+    # each gradient, so a rounding error moves a weight by about lr * 1e-6, except where the
+    # gradient is within rounding of 0 and eps weighs in: 99% of the weights to 5e-9, all to
+    # 1e-7 (2e-4 of the largest first step, 10 lr = 5e-4)
+    cfg = Config(**{**TINY, "lr": 5e-5})
+    (G, D), (G2, D2) = pair(cfg, "cpu")
+    data = batches(cfg, 4, "cpu")
+    ref = ReferenceEngine(cfg, G, D, FixedBatches(data), torch.device("cpu"), None)
+    fast = FastEngine(cfg, G2, D2, FixedBatches(data), torch.device("cpu"), None, graphs=False)
+    assert not fast.step_cfg.one_batch  # the twins keep the reference's two calls by default
+    fast.step_cfg.one_batch = True
+    for i in range(3):
+        for engine in (ref, fast):
+            torch.manual_seed(1000 + i)
+            engine.critic()
+        torch.testing.assert_close(fast.sums, ref.sums, rtol=1e-6, atol=1e-9)
+        for (k, a), b in zip(ref.D.state_dict().items(), fast.D.state_dict().values()):
+            if a.is_floating_point():
+                tol = dict(rtol=0, atol=1e-7) if "running" not in k else dict(rtol=1e-6, atol=1e-9)
+                torch.testing.assert_close(b, a, msg=lambda m, k=k: f"step {i}, {k}: {m}", **tol)
+                assert (b - a).abs().le(5e-9).float().mean() >= 0.99, k
+            else:  # num_batches_tracked: +2 per critic step, as two calls
+                assert torch.equal(a, b) and a.item() == 2 * (i + 1), k
+        # the weights start equal again, so that each step is checked on its own
+        with torch.no_grad():
+            for p, q in zip(fast.D.parameters(), ref.D.parameters()):
+                p.copy_(q)

@@ -61,8 +61,9 @@ class ResidentSampler:
         torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device,
                       out=self.index)
         torch.index_select(self.data, 0, self.index, out=self.gathered)
-        self._f32.copy_(self.gathered.permute(0, 3, 1, 2))
-        self._f32.div_(127.5).sub_(1.0)
+        # uint8 -> fp32 and / 127.5 in one kernel (the same values as a copy, then div_)
+        torch.div(self.gathered.permute(0, 3, 1, 2), 127.5, out=self._f32)
+        self._f32.sub_(1.0)
         if self._f32 is not self.out:
             self.out.copy_(self._f32)
         self.position += 1
