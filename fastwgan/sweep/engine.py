@@ -135,7 +135,8 @@ class MemberObjectives:
 
     def __init__(self, loss_name: str):
         loss = LOSSES[loss_name]
-        self.critic_objective = loss.critic_step.keywords["objective"]
+        # (a loss whose critic step is its own, the gradient penalty: ``critic_step_gp``)
+        self.critic_objective = getattr(loss.critic_step, "keywords", {}).get("objective")
         self.generator_objective = loss.generator_step.keywords["objective"]
         self.critic_values: Optional[torch.Tensor] = None     # (K, 3): loss_d, d_real, d_fake
         self.generator_values: Optional[torch.Tensor] = None  # (K,): loss_g
@@ -192,6 +193,7 @@ class GroupedPhases:
         self.k = len(self.members)
         self.objectives = MemberObjectives(cfg.loss)
         self.sums = torch.zeros(self.k, len(self.loss.sums), device=self.device)
+        self.gp_weights = torch.tensor([m.cfg.gp_weight for m in self.members], device=self.device)
         self.step_cfg.clip = None  # each member's clip: MemberOptimizers (or RMSpropClip's update)
 
     def clip_critic_at_build(self, cfg: Config) -> None:
@@ -207,6 +209,11 @@ class GroupedPhases:
     def critic(self) -> None:
         real = self._real()  # before z, as a single run draws them
         z = self.noise()
+        if self.loss.double_backward:  # the gradient penalty: its own step
+            values = critic_step_gp(self, real, z)
+            self.sums[:, :3] += values[:, :3]
+            self.sums[:, 4:] += values[:, 3:]
+            return
         steps.critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg, self.objectives.critic)
         self.sums[:, :3] += self.objectives.critic_values
 
@@ -217,6 +224,33 @@ class GroupedPhases:
 
     def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
         return {"generator": list(self.G.parameters()), "critic": list(self.D.parameters())}
+
+
+def critic_step_gp(engine: GroupedPhases, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The WGAN-GP critic step (fastwgan.losses.wgan_gp) of every member: each member's eps from
+    its own stream after its real batch and z, as its single run draws it; the penalty of each
+    member's own input gradient (its 3 channels), weighted by its own gp_weight. Returns (K, 5):
+    loss_d, d_real, d_fake, gp, grad_norm per member."""
+    G, D, cfg, k = engine.G, engine.D, engine.step_cfg, engine.k
+    n = real.shape[0]
+    with torch.no_grad(), steps.autocast(z, cfg):
+        fake = G(z)
+    eps = torch.cat([torch.rand(n, 1, 1, 1, device=real.device, generator=m.gen)
+                     for m in engine.members], 1)                       # (N, K, 1, 1)
+    eps = eps.repeat_interleave(real.shape[1] // k, dim=1)             # (N, K*3, 1, 1)
+    engine.opt_d.zero_grad(set_to_none=True)
+    with steps.autocast(real, cfg):
+        d_real = D(real).float().mean(0)                               # (K,)
+        d_fake = D(fake).float().mean(0)
+    with torch.autocast(real.device.type, enabled=False):
+        x_hat = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+        norm = torch.linalg.vector_norm(grad.reshape(n, k, -1), dim=2)  # (N, K)
+        gp, grad_norm = ((norm - 1) ** 2).mean(0), norm.mean(0)
+    loss_d = d_fake - d_real + engine.gp_weights * gp
+    loss_d.sum().backward()
+    engine.opt_d.step()
+    return torch.stack([loss_d, d_real, d_fake, gp, grad_norm], 1).detach()
 
 
 class SweepReferenceEngine(GroupedPhases, ReferenceEngine):

@@ -129,6 +129,12 @@ class GroupedCritic(_Grouped):
         super().__init__(members)
         self.image_size = members[0].image_size
 
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The first member's blocks: their ``impl`` is the grouped layers' (fastwgan.fast's
+        ``keep_twice_differentiable`` sets it)."""
+        return self.members[0].blocks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(len(self.members[0].blocks)):
             x = self.block(i, x)
