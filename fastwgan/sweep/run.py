@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 
-from fastwgan import build, distributed, runconfig
+from fastwgan import distributed, runconfig
 from fastwgan import run as single
 from fastwgan.config import Config, ConfigError
 from fastwgan.distributed import World
@@ -37,6 +36,16 @@ from fastwgan.sweep.engine import (Member, MemberRng, MemberView, SweepFastEngin
                                    SweepReferenceEngine, restore_member_rng, seeded_member)
 from fastwgan.sweep.grid import make_grid, member_configs
 from fastwgan.sweep.memory import check_fits
+
+
+class MemberFolder(RunFolder):
+    """A member's run folder, which keeps its last metrics row for the sweep's progress line."""
+
+    last_row: Optional[dict] = None
+
+    def metrics_row(self, row: dict) -> None:
+        super().metrics_row(row)
+        self.last_row = row
 
 
 class MemberLog(RunLog):
@@ -165,7 +174,9 @@ class SweepRun:
             single.log_start(mp.cfg, self.world, view, dtype, threads, sources[k], start, logs[k])
             folders[k].start(dataset, mp.resume, logs[k])
             loops.append(TrainingLoop(mp.cfg, view, folders[k], self.world, logs[k], start))
-        log(f"engine: {engine.describe()}, {base.describe_loss()}, batch {base.batch_size} per member")
+        axes = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in plan.axes.items())
+        log(f"engine: {engine.describe()}; loss {base.loss}, batch {base.batch_size} per member, "
+            f"axes: {axes} (each member's settings: its train.log and config.json)")
         return SweepLoop(plan, engine, members, loops, log).run()
 
     def member_batches(self, dataset, share) -> list:
@@ -186,7 +197,7 @@ class SweepRun:
     def open_folders(self) -> tuple[list[RunFolder], list[RunLog]]:
         folders, logs = [], []
         for mp in self.plan.members:
-            folder = RunFolder(mp.cfg)
+            folder = MemberFolder(mp.cfg)
             self.stack.enter_context(folder.locked())
             folder.clean()
             mlog = MemberLog(lambda line: None, self.command)  # kept in the member's train.log
@@ -306,32 +317,35 @@ class SweepLoop:
         evaluated = self.base.eval_every and (done % self.base.eval_every == 0 or done == self.base.iters)
         if evaluated or done == self.base.iters:
             self.write_state(done)
-            self.log(f"iteration {done}/{self.base.iters}:\n" + report.summary_table(self.rows()))
-        else:
-            self.log.write(f"iteration {done}/{self.base.iters}")
+            self.log(f"iteration {done}/{self.base.iters}:\n" + report.summary_table(self.rows(done)))
+            return
+        rows = [(m.name, loop.folder.last_row) for m, loop in zip(self.members, self.loops) if m.active]
+        key = "wdist" if self.engine.loss.wasserstein else "loss_d"
+        values = "  ".join(f"{name} {row[key]:.4g}" for name, row in rows if row is not None)
+        ips = next((row["img_per_s"] for _, row in rows if row is not None), 0.0)
+        self.log(f"iter {done}/{self.base.iters}  {'W' if key == 'wdist' else 'loss_D'}: {values}  "
+                 f"{ips:,.0f} img/s per member")
 
-    def state_members(self) -> list[dict]:
-        out = Path(self.base.out)
+    def state_members(self, done: int = 0) -> list[dict]:
+        """Each member's entry in sweep.json: training, done (at ``--iters``) or stopped."""
+        out, finished = Path(self.base.out), done == self.base.iters
         rows = [{"name": m.name, "values": mp.values, "out": str(Path(mp.cfg.out).relative_to(out)),
-                 "state": "training" if m.active else "stopped", "stopped": m.stopped}
+                 "state": ("done" if finished else "training") if m.active else "stopped",
+                 "stopped": m.stopped}
                 for m, mp in zip(self.members, self.plan.members)]
         return rows + self.plan.stopped
 
-    def rows(self) -> list[dict]:
-        return report.summary_rows(self.state_members(), self.base.out)
+    def rows(self, done: int = 0) -> list[dict]:
+        return report.summary_rows(self.state_members(done), self.base.out)
 
     def write_state(self, done: int) -> None:
         base = {k: v for k, v in self.base.to_dict().items() if k not in self.plan.axes}
-        report.write_sweep(self.base.out, self.plan.axes, base, self.state_members(), done)
+        report.write_sweep(self.base.out, self.plan.axes, base, self.state_members(done), done)
 
     def finish(self) -> dict:
         done = self.base.iters
-        members = self.state_members()
-        for m in members:
-            if m["state"] == "training":
-                m["state"] = "done"
-        base = {k: v for k, v in self.base.to_dict().items() if k not in self.plan.axes}
-        report.write_sweep(self.base.out, self.plan.axes, base, members, done)
+        self.write_state(done)
+        members = self.state_members(done)
         rows = report.summary_rows(members, self.base.out)
         plot = report.plot_sweep(members, self.base.out,
                                  title=f"{self.base.loss}, {len(members)} members")
