@@ -9,12 +9,16 @@ so exactly each member's own), LayerNorm over each member's (C, H, W). The gener
 Design: the members stay ordinary ``Generator`` / ``Critic`` modules and own their parameters;
 the grouped weight is ``torch.cat`` of the members' weights at each forward. So each member has
 its own optimizer (its own lr, its own clip), its checkpoint is its module's state_dict in the
-single-run format, and splitting the group back into single runs is nothing to do. The cost is
-one copy of the weights per layer per forward (the critic's 2.76 M parameters per member at
-64x64: 11 MB per member per forward, about 4 us per member on an H100's 3 TB/s; measured on the
-CPU at the cpu preset, bench/test_bench_sweep.py). The alternative, grouped parameters with a
-per-element learning rate and clip, saves that copy but needs a per-member table in both
-optimizers' updates (torch's RMSprop and Adam do not take one) and slicing for every checkpoint.
+single-run format, and splitting the group back into single runs is nothing to do: exact and
+simple. The cost is one copy of the weights per layer per forward (the critic's 2.76 M parameters
+per member at 64x64: 11 MB read and written per member per forward). Measured on the 2-core CPU
+(load average 3.5, 16 members): the copies take 0.23 of a critic forward at the cpu preset
+(318 against 1,364 ms) and 0.20 at the paper's networks (batch 16). On an H100 (estimated, not
+measured: 3 TB/s, about 600 TFLOP/s in bf16) they would be about a third of a bf16 critic
+forward of batch 64, less of a step. The alternative, grouped parameters with a per-element
+learning rate and clip, saves that copy but needs a per-member table in both optimizers' updates
+(torch's RMSprop and Adam do not take one) and slicing for every checkpoint: the next step where
+the GPU's figures say the copy matters.
 The BatchNorm running statistics are the one piece of state the grouped forward updates in place:
 they live in grouped buffers (K*C) and each member's buffers are views of its slice, so the
 member module reads and saves exactly its own.
