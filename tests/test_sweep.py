@@ -181,3 +181,30 @@ def test_paper_config_member_size():
     n_params = 3_570_000 + 2_760_000  # FACTS.md: generator 3.57 M, critic 2.76 M
     assert per["parameters"] == pytest.approx(n_params * 5 * 4, rel=0.01)
     assert 150 <= memory.largest_k(cfg, 80 * 10**9) <= 250
+
+
+def test_a_signal_stops_every_member_with_its_checkpoint(tmp_path, data, monkeypatch):
+    """SIGTERM during iteration 2: every member writes its checkpoint there, the sweep exits 143,
+    and --resume continues it as if uninterrupted."""
+    import os
+    import signal
+
+    once, stopped = tmp_path / "once", tmp_path / "stopped"
+    axes = ["--sweep", "lr=5e-5,1e-4"]
+    assert train.main([*sweep_flags(data, once, "--iters", 4), *axes]) == 0
+    iteration = SweepLoop.iteration
+
+    def interrupted(self, it):
+        if it == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        iteration(self, it)
+
+    monkeypatch.setattr(SweepLoop, "iteration", interrupted)
+    assert train.main([*sweep_flags(data, stopped, "--iters", 4), *axes]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(SweepLoop, "iteration", iteration)
+    for name in ("lr5e-05", "lr0.0001"):
+        assert ckpt_io.load(stopped / "members" / name)["iteration"] == 2
+    assert train.main(["--resume", str(stopped), "--no-progress"]) == 0
+    for name in ("lr5e-05", "lr0.0001"):
+        assert_same_training(ckpt_io.load(once / "members" / name),
+                             ckpt_io.load(stopped / "members" / name))
