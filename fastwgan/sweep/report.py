@@ -59,7 +59,7 @@ def summary_table(rows: list[dict]) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    head = ("member", "iter", "W est.", "SWD", "rank", "state")
+    head = ("member", "iter", "W est. (or loss_D)", "SWD", "rank", "state")
     lines = [(r["member"], fmt(r["iter"], "d"), fmt(r["w"], ".4g"), fmt(r["swd"], ".2f"),
               fmt(r.get("rank"), "d"), r["state"]) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
