@@ -84,6 +84,17 @@ def test_gradient_penalty_member_equals_its_single_run(tmp_path, data, backend):
         assert torch.equal(b["rng"]["torch"], a["rng"]["torch"])
 
 
+@pytest.mark.parametrize("loss", ["gan", "hinge"])
+def test_adam_losses_member_equals_its_single_run(tmp_path, data, loss):
+    """The objectives applied to each member's column of scores (BCE on logits, hinge), Adam with
+    each member's own lr. (Measured: 7e-6 of each tensor's largest value after 2 iterations.)"""
+    flags = [*smoke_flags(loss, data), "--iters", "2"]
+    assert train.main([*flags, "--out", str(tmp_path / "sweep"), "--sweep", "lr=1e-4,2e-4"]) == 0
+    single = tmp_path / "single"
+    assert train.main([*flags, "--out", str(single), "--lr", "2e-4"]) == 0
+    assert_close_training(ckpt_io.load(single), ckpt_io.load(tmp_path / "sweep" / "members" / "lr0.0002"))
+
+
 def test_sweep_and_one_member_resume_exactly(tmp_path, data):
     """4 iterations at once against 2 and a resume of the whole sweep to 4 (bit for bit); then one
     member resumed alone, as a single run, continues from its own checkpoint."""
