@@ -31,7 +31,8 @@ from fastwgan.engine import load_optimizer_state
 from fastwgan.loop import TrainingLoop
 from fastwgan.runfolder import RunFolder, RunLog, holds_run
 from fastwgan.stop import Interrupted, Stop
-from fastwgan.sweep import report
+from fastwgan.sweep.report import (SWEEP_FILE, is_sweep, plot_sweep, read_sweep, summary_rows,
+                                   summary_table, write_sweep)
 from fastwgan.sweep.engine import (Member, MemberRng, MemberView, SweepFastEngine,
                                    SweepReferenceEngine, restore_member_rng, seeded_member)
 from fastwgan.sweep.grid import make_grid, member_configs
@@ -78,7 +79,7 @@ def plan_fresh(axes: Sequence[str], seeds: Optional[int], argv: Sequence[str],
     base, resume, notes = runconfig.parse_config(argv, given)
     if resume is not None:
         raise ConfigError("--sweep starts a sweep; continue one with --resume <sweep folder> alone")
-    if report.is_sweep(base.out) and not base.overwrite:
+    if is_sweep(base.out) and not base.overwrite:
         raise ConfigError(f"{base.out} already holds a sweep; continue it with --resume {base.out}, "
                           "or pass another --out (or --overwrite to start it again)")
     grid = make_grid(axes, seeds, base)
@@ -107,7 +108,7 @@ def plan_resume(argv: Sequence[str], given: Optional[dict] = None) -> SweepPlan:
     args, rest = p.parse_known_args(list(argv))
     if args.out is not None or (given or {}).get("out") is not None:
         raise ConfigError("a sweep resumes in its own folder: leave out --out")
-    state = report.read_sweep(out)
+    state = read_sweep(out)
     members, stopped, notes = [], [], []
     for m in state["members"]:
         if m["state"] == "stopped":
@@ -299,14 +300,14 @@ class SweepLoop:
             self.progress(done)
         if stops or not any(m.active for m in self.members):
             self.write_state(done)
-            self.log(report.summary_table(self.rows()))
+            self.log(summary_table(self.rows()))
         if stops:
             name = signal.Signals(self.stop_signal[0]).name
             raise Stop(f"{name}: stopped at iteration {done}; every member's checkpoint written. "
                        f"Continue with python -m fastwgan.train --resume {self.base.out}", stops[0].code)
         if not any(m.active for m in self.members):
             raise Stop(f"every member of the sweep stopped by iteration {done} (non-finite losses); "
-                       f"see {Path(self.base.out) / report.SWEEP_FILE}", 1)
+                       f"see {Path(self.base.out) / SWEEP_FILE}", 1)
 
     def member_stopped(self, m: Member, done: int, why: str) -> None:
         m.active, m.stopped = False, f"at iteration {done}: {why}"
@@ -317,7 +318,7 @@ class SweepLoop:
         evaluated = self.base.eval_every and (done % self.base.eval_every == 0 or done == self.base.iters)
         if evaluated or done == self.base.iters:
             self.write_state(done)
-            self.log(f"iteration {done}/{self.base.iters}:\n" + report.summary_table(self.rows(done)))
+            self.log(f"iteration {done}/{self.base.iters}:\n" + summary_table(self.rows(done)))
             return
         rows = [(m.name, loop.folder.last_row) for m, loop in zip(self.members, self.loops) if m.active]
         key = "wdist" if self.engine.loss.wasserstein else "loss_d"
@@ -336,19 +337,19 @@ class SweepLoop:
         return rows + self.plan.stopped
 
     def rows(self, done: int = 0) -> list[dict]:
-        return report.summary_rows(self.state_members(done), self.base.out)
+        return summary_rows(self.state_members(done), self.base.out)
 
     def write_state(self, done: int) -> None:
         base = {k: v for k, v in self.base.to_dict().items() if k not in self.plan.axes}
-        report.write_sweep(self.base.out, self.plan.axes, base, self.state_members(done), done)
+        write_sweep(self.base.out, self.plan.axes, base, self.state_members(done), done)
 
     def finish(self) -> dict:
         done = self.base.iters
         self.write_state(done)
         members = self.state_members(done)
-        rows = report.summary_rows(members, self.base.out)
-        plot = report.plot_sweep(members, self.base.out,
+        rows = summary_rows(members, self.base.out)
+        plot = plot_sweep(members, self.base.out,
                                  title=f"{self.base.loss}, {len(members)} members")
         self.log(f"done: {done} iterations, {len(members)} members. Summary: "
-                 f"{Path(self.base.out) / report.SWEEP_FILE}" + (f", curves: {plot}" if plot else ""))
+                 f"{Path(self.base.out) / SWEEP_FILE}" + (f", curves: {plot}" if plot else ""))
         return {"iteration": done, "out": self.base.out, "members": rows}
