@@ -17,7 +17,7 @@ docstring for the measured cost).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
@@ -44,7 +44,6 @@ class Member:
     source: Any = None          # its real batches (a Batches, or a sampler drawing from ``gen``)
     active: bool = True         # False once its losses went non-finite
     stopped: str = ""           # why it stopped
-    extra: dict = field(default_factory=dict)
 
 
 def seeded_member(cfg: Config, name: str, device: torch.device) -> Member:
