@@ -29,7 +29,9 @@ def given_values(config: Optional[Config], flags: dict[str, Any]) -> dict[str, A
     return given
 
 
-def train(config: Optional[Config] = None, *, log: Callable[[str], None] = print, **flags) -> dict:
+def train(config: Optional[Config] = None, *, log: Callable[[str], None] = print,
+          sweep: Optional[dict[str, Any] | list[str]] = None, sweep_seeds: Optional[int] = None,
+          **flags) -> dict:
     """Train (or resume) a run as ``python -m fastwgan.train`` would; returns a summary:
     ``{"iteration", "elapsed", "out"}``.
 
@@ -41,11 +43,22 @@ def train(config: Optional[Config] = None, *, log: Callable[[str], None] = print
     Bad input raises ``ConfigError``, ``fastwgan.data.DataError`` or
     ``fastwgan.checkpoint.CheckpointError`` (the command line prints these as one line); a run
     stopped by a NaN loss or a signal raises ``fastwgan.stop.Stop`` after its checkpoint.
+
+    ``sweep`` (axis -> values, e.g. ``{"lr": [5e-5, 1e-4]}``, or ``["lr=5e-5,1e-4"]``) and
+    ``sweep_seeds``: a sweep, as ``--sweep`` and ``--sweep-seeds`` (README "Sweeps"); its summary
+    has the table's rows in ``members``. ``resume`` of a sweep's folder continues the sweep.
     """
     from fastwgan import run
+    from fastwgan import sweep as sweeps
     from fastwgan.runconfig import parse_config
 
     given = given_values(config, flags)
+    axes = ([f"{k}={','.join(map(str, v))}" for k, v in sweep.items()] if isinstance(sweep, dict)
+            else list(sweep or []))
+    if sweeps.is_sweep_command(axes, sweep_seeds, [], given):
+        call = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        return sweeps.train_from_args(axes, sweep_seeds, [], given, log=log,
+                                      command=f"fastwgan.train({call}, sweep={sweep!r})")
     cfg, resume, notes = parse_config([], given)
     if resume and resume["iteration"] >= cfg.iters:
         log(f"the checkpoint is at iteration {resume['iteration']}, at or past iters {cfg.iters}; "

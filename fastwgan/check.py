@@ -9,6 +9,8 @@ so that a run cut short by a time limit on a fresh machine has checked those):
 * ``import fastwgan.kernels``;
 * a CUDA-graph capture and replay of the fast engine's iteration against the same engine eager;
 * a short fast-vs-reference run in fp32 (TF32 off), compared after every critic and generator step;
+* a sweep's grouped network of two members on the fast engine (its kernels at the K-wide shapes,
+  its CUDA graphs) against the two members' single runs;
 * each fused kernel against its plain-PyTorch twin, at the shapes the trainer launches (the
   64x64 DCGAN at batch 64, channels_last; fp32 and bf16; ``--full`` adds NCHW): RMSprop + clip
   over the critic's and the generator's flat parameter buffers, BatchNorm + activation forward
@@ -376,6 +378,22 @@ def check_fast_vs_reference(device: torch.device, cfg=None) -> str:
     return f"{steps} steps, {fast.describe()}"
 
 
+def check_sweep(device: torch.device, cfg=None) -> str:
+    """Two members as one grouped network on the fast engine (kernels at the K-wide shapes, CUDA
+    graphs) against their single runs (fastwgan.sweep.check)."""
+    from fastwgan.sweep.check import check_grouped_engine
+
+    import dataclasses
+
+    cuda = device.type == "cuda"
+    cfg = cfg or trainer_config(device)
+    # the run's learning rate and batch: check_config's lr 1e-3 at batch 4 turns the grouped
+    # convolutions' other rounding into chaos within three iterations (fastwgan.sweep.check)
+    short = dataclasses.replace(check_config(cfg, cuda), lr=cfg.learning_rate, batch_size=cfg.batch_size)
+    with backend_flags(allow_tf32=False, matmul_allow_tf32=False):
+        return check_grouped_engine(short, device)
+
+
 def step_by_step(cfg, ref, fast, iterations: int, tol: dict) -> int:
     """``iterations`` generator iterations of both engines, phase by phase from the same z,
     their losses compared after each step; the number of steps taken."""
@@ -513,6 +531,7 @@ def all_checks(device: torch.device, full: bool, cfg=None) -> Iterator[tuple[str
     # compiling those is most of the time a check takes, so a run cut short has checked them
     yield "fast engine: CUDA graph replay vs eager", lambda: check_graphs(device, cfg)
     yield "fast engine vs reference, fp32, step by step", lambda: check_fast_vs_reference(device, cfg)
+    yield "sweep: grouped network of 2 members vs their single runs", lambda: check_sweep(device, cfg)
     yield from kernel_checks(device, full, cfg)
     yield "DALI decode vs Pillow", lambda: check_dali(device)
 

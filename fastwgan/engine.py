@@ -178,7 +178,7 @@ class ReferenceEngine(Engine):
                  device: torch.device, amp_dtype: Optional[torch.dtype], world: World = SINGLE,
                  sync_bn: bool = False, share: Optional[BatchShare] = None):
         loss = LOSSES[cfg.loss]
-        opt_g, opt_d = make_optimizers(G, D, loss.optimizer, cfg.learning_rate, cfg.adam_betas)
+        opt_g, opt_d = self.make_optimizers(cfg, G, D, world)
         step_cfg = StepConfig(cfg.clip if loss.clips else None, amp_dtype, gp_weight=cfg.gp_weight)
         super().__init__(cfg, G, D, batches, device, step_cfg, opt_g, opt_d, world, share)
         self.clip_critic_at_build(cfg)
@@ -187,6 +187,10 @@ class ReferenceEngine(Engine):
             G_ddp, D_ddp = (self._wrap(net, device) for net in (G, D))
             self.critic_nets = (G, D_ddp)
             self.generator_nets = (G_ddp, D)
+
+    def make_optimizers(self, cfg: Config, G: nn.Module, D: nn.Module, world: World):
+        """The two optimizers (a hook: a sweep gives each member its own)."""
+        return make_optimizers(G, D, LOSSES[cfg.loss].optimizer, cfg.learning_rate, cfg.adam_betas)
 
     def _wrap(self, net: nn.Module, device: torch.device) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP

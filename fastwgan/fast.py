@@ -131,6 +131,9 @@ def graph_generators(sampler) -> list:
     ``ResidentSampler``'s own. A CUDA graph replays only the offsets of the generators registered
     with it (``CUDAGraph.register_generator_state``; torch 2.11 has it); where torch has no such
     call, a seeded sampler cannot be captured: ValueError, with what to do instead."""
+    gens = getattr(sampler, "generators", None)  # a sweep's members' own streams
+    if gens is not None:
+        return list(gens)
     gen = getattr(sampler, "generator", None)
     if gen is None:
         return []
@@ -184,7 +187,7 @@ class FastEngine(Engine):
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        opt_g, opt_d = make_fast_optimizers(cfg, G, D, self.impl, world)
+        opt_g, opt_d = self.make_optimizers(cfg, G, D, world)
         # clipping happens inside RMSpropClip's update; the GAN baseline does not clip
         # With the kernels, real and fake go through the critic as one batch (per-half BatchNorm
         # statistics): half the critic's launches. The twins keep two calls, the reference's
@@ -205,6 +208,10 @@ class FastEngine(Engine):
         self.capture_error: Optional[str] = None
         if self.use_graphs:
             graph_generators(sampler)  # a seeded sampler that cannot be captured: say so now
+
+    def make_optimizers(self, cfg: Config, G: nn.Module, D: nn.Module, world: World):
+        """The two optimizers (a hook: a sweep gives each member its own)."""
+        return make_fast_optimizers(cfg, G, D, self.impl, world)
 
     def _real(self) -> torch.Tensor:
         if self.static_real is not None:  # graphs fed from a host-side stream

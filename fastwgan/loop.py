@@ -123,17 +123,9 @@ class TrainingLoop:
         self.stop_signal.append(signum)
 
     def run(self) -> dict:
-        from tqdm import tqdm
-
-        cfg, start_iter = self.cfg, self.start.iteration
+        start_iter = self.start.iteration
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.t_log = time.perf_counter()
-        self.t_start = self.t_log - self.start.elapsed
-        self.t_session = self.t_log
-        # the bar only where a terminal shows it; logs (non-tty) get a line every --log-every instead
-        self.show_bar = cfg.progress and sys.stderr.isatty() and self.world.is_writer
-        self.bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-                        disable=not self.show_bar, smoothing=0.05)
+        self.begin(self.cfg.progress)
         try:
             self.iterate(start_iter)
             return self.finish(start_iter)
@@ -147,6 +139,25 @@ class TrainingLoop:
                 for s, h in old_handlers.items():
                     signal.signal(s, h)
 
+    def begin(self, progress: bool) -> None:
+        """The clocks start; the progress bar (``progress``: where a terminal shows it)."""
+        from tqdm import tqdm
+
+        self.t_log = time.perf_counter()
+        self.t_start = self.t_log - self.start.elapsed
+        self.t_session = self.t_log
+        # the bar only where a terminal shows it; logs (non-tty) get a line every --log-every instead
+        self.show_bar = progress and sys.stderr.isatty() and self.world.is_writer
+        self.bar = tqdm(total=self.cfg.iters, initial=self.start.iteration, desc="train", unit="it",
+                        dynamic_ncols=True, disable=not self.show_bar, smoothing=0.05)
+
+    def count(self, n_critic: int) -> None:
+        """One generator iteration of ``n_critic`` critic steps done."""
+        self.n_crit += n_critic
+        self.n_gen += 1
+        self.images_since_log += n_critic * self.cfg.batch_size  # the global batch: every rank
+        self.bar.update(1)
+
     def iterate(self, start_iter: int) -> None:
         """Generator iterations from ``start_iter`` to ``--iters``, each followed by its intervals."""
         cfg, engine = self.cfg, self.engine
@@ -156,10 +167,7 @@ class TrainingLoop:
             engine.iteration(n_critic)
             if it == start_iter and engine.describe() != described:  # e.g. a capture that failed
                 self.log(f"engine: {engine.describe()}")
-            self.n_crit += n_critic
-            self.n_gen += 1
-            self.images_since_log += n_critic * cfg.batch_size  # the global batch: every rank
-            self.bar.update(1)
+            self.count(n_critic)
             self.after_iteration(it + 1)
 
     def after_iteration(self, done: int) -> None:

@@ -19,7 +19,7 @@ import types
 from typing import Optional, Sequence
 
 from fastwgan import checkpoint as ckpt_io
-from fastwgan import distributed, run, runconfig
+from fastwgan import distributed, run, runconfig, sweep
 from fastwgan.config import Config, ConfigError
 from fastwgan.data import DataError
 from fastwgan.outputs import one_line_warnings
@@ -36,6 +36,8 @@ examples:
   python -m fastwgan.train --resume runs/celeba --iters 200000   # continue, exactly
   python -m fastwgan.train --loss wgan-gp --amp --data img_align_celeba.zip --crop 108
   python -m fastwgan.train --loss hinge --preset cpu     # another loss: wgan-gp, gan, hinge
+  python -m fastwgan.train --preset cpu --sweep lr=5e-5,1e-4 clip=0.005,0.01 --sweep-seeds 2
+                          # 8 runs as one grouped network: <out>/members/*, sweep.json (README "Sweeps")
   torchrun --nproc_per_node 8 -m fastwgan.train --amp --data ~/celeba/img_align_celeba --crop 108
 """
 
@@ -66,13 +68,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             print(prefix + message, file=sys.stderr)
 
     try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        axes, seeds, rest = sweep.split_sweep_args(args)
+        if sweep.is_sweep_command(axes, seeds, rest):  # K runs as one grouped network
+            sweep.train_from_args(axes, seeds, rest, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
+            return 0
         cfg, resume, notes = parse_config(argv)
         if resume and resume["iteration"] >= cfg.iters:
             if rank == 0:
                 print(f"the checkpoint is at iteration {resume['iteration']}, at or past --iters "
                       f"{cfg.iters}; pass a larger --iters to train further")
             return 0
-        args = list(sys.argv[1:] if argv is None else argv)
         run.train(cfg, resume, notes=notes, command=shlex.join(["python", "-m", "fastwgan.train", *args]))
     except (ConfigError, DataError, ckpt_io.CheckpointError, RunFolderError) as e:
         report(f"error: {e}", shared=True)

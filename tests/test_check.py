@@ -47,7 +47,8 @@ def test_cpu_run_passes_what_a_cpu_can_and_skips_the_gpu_parts(tmp_path):
     for name in ("kernel rmsprop_clip critic (3,000 fp32, clip 0.01)",
                  "kernel bn_act 2x16x4x4 fp32 channels_last relu train",
                  "kernel bn_act 2x16x4x4 fp32 NCHW leaky_relu train",
-                 "fast engine vs reference, fp32, step by step"):
+                 "fast engine vs reference, fp32, step by step",
+                 "sweep: grouped network of 2 members vs their single runs"):
         assert status[name] == "PASS", (name, text)
         assert f"PASS  {name}  (" in text
     # what needs a GPU says so
@@ -256,9 +257,10 @@ def test_a_fail_says_whether_the_kernel_ran(monkeypatch):
 
 def test_engines_are_checked_before_the_kernel_matrix():
     names = [name for name, _ in check.all_checks(CPU, full=False)]
-    assert names[:3] == ["import fastwgan.kernels", "fast engine: CUDA graph replay vs eager",
-                         "fast engine vs reference, fp32, step by step"]
-    assert all(n.startswith("kernel") for n in names[3:-1]) and len(names) > 5
+    assert names[:4] == ["import fastwgan.kernels", "fast engine: CUDA graph replay vs eager",
+                         "fast engine vs reference, fp32, step by step",
+                         "sweep: grouped network of 2 members vs their single runs"]
+    assert all(n.startswith("kernel") for n in names[4:-1]) and len(names) > 6
     assert names[-1] == "DALI decode vs Pillow"
 
 

@@ -11,6 +11,7 @@ training takes.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Optional
 
 import torch
@@ -164,6 +165,19 @@ class Batches:
             self._it = dali.DaliStream(files, image_size, crop, share, seed, device, start, workers)
         self._convert = nhwc_to_training
         self.decoder = dali.decoder_name(device)
+
+    def reseeded(self, seed: int, start: int = 0) -> "Batches":
+        """The epoch-ordered batches of ``seed`` from batch ``start``, over the same decoded images
+        (resident mode): what ``Batches`` with that seed gives, without a second copy of the data
+        (a sweep's members, each in its own order)."""
+        if self.data is None:
+            raise RuntimeError("reseeded() needs the resident mode")
+        other = copy.copy(self)
+        # Pillow keeps (N, 3, H, W) and ``data`` is its NHWC view; DALI keeps NHWC
+        data = self.data.permute(0, 3, 1, 2) if self.backend == "pillow" else self.data
+        other.position = start
+        other._it = resident_batches(data, self.share, seed, start)
+        return other
 
     def describe(self) -> str:
         """One line for the log: backend, mode, decoder, cache."""
