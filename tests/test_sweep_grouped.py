@@ -55,3 +55,21 @@ def test_a_members_nan_stays_in_its_group():
     scores = GD(GG(torch.randn(N, K * NZ)))
     assert torch.isnan(scores[:, 1]).all()
     assert torch.isfinite(scores[:, [0, 2]]).all()
+
+
+def test_one_batch_of_real_and_fake_is_two_calls():
+    """The fast engine's critic step with the kernels sends real and fake as one batch of 2N
+    (fastwgan.models.row_groups): the grouped critic normalises each half by its own statistics
+    and counts it as a call, as two calls do."""
+    from fastwgan.models import row_groups
+
+    _, Ds = members()
+    two, one = GroupedCritic(copy.deepcopy(Ds)), GroupedCritic(Ds)
+    real, fake = torch.randn(N, K * 3, 32, 32), torch.randn(N, K * 3, 32, 32)
+    expected = torch.cat([two(real), two(fake)])
+    with row_groups(one, 2):
+        got = one(torch.cat([real, fake]))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)  # conv rounding at batch 2N
+    for (name, b), c in zip(one.state_dict().items(), two.state_dict().values()):
+        assert_near(b.float(), c.float(), name)
+    assert all(int(d.blocks[1].bn.num_batches_tracked) == 2 for d in Ds)

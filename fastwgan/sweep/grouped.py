@@ -100,13 +100,17 @@ class _Grouped(nn.Module):
         weight, bias = _cat([b.weight for b in bns]), _cat([b.bias for b in bns])
         mean, var = getattr(self, f"bn{i}_running_mean"), getattr(self, f"bn{i}_running_var")
         training = self.training
+        # row_groups: the critic's real and fake halves in one batch (fastwgan.models.row_groups),
+        # each normalised by its own statistics and counted as a call of its own
+        groups = block.row_groups if training else 1
         if training:
-            getattr(self, f"bn{i}_num_batches_tracked").add_(1)
-        if block.impl == "triton":
+            getattr(self, f"bn{i}_num_batches_tracked").add_(groups)
+        if block.impl == "triton" or groups > 1:
             from fastwgan.kernels.bn_act import bn_act
 
             return bn_act(y, weight, bias, mean, var, training=training, momentum=bn.momentum,
-                          eps=bn.eps, act=block.act, negative_slope=block.negative_slope, impl="triton")
+                          eps=bn.eps, act=block.act, negative_slope=block.negative_slope,
+                          impl=block.impl, groups=groups)
         y = F.batch_norm(y, mean, var, weight, bias, training, bn.momentum, bn.eps)
         return F.relu(y) if block.act == "relu" else F.leaky_relu(y, block.negative_slope)
 
