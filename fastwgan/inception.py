@@ -111,7 +111,7 @@ class FeatureNet:
         out = [self(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM), np.float32)
 
-    def images_per_second(self, image_size: int, batch_size: int = 8) -> float:
+    def images_per_second(self, image_size: int, batch_size: int = 4) -> float:
         """Measured on one batch of grey images after a warm-up batch (TorchScript's first calls
         profile and optimise): for the time estimates said before a long run."""
         x = torch.full((batch_size, 3, image_size, image_size), 128, dtype=torch.uint8)
