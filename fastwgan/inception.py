@@ -114,8 +114,8 @@ class FeatureNet:
     def images_per_second(self, image_size: int, batch_size: int = 8) -> float:
         """Measured on one batch of grey images after two warm-up batches (TorchScript's profiling
         executor runs a function twice before it optimises it): for the time estimates said before
-        a long run. A batch of 8 runs slower per image than the batches of 64 used for the work
-        (measured under load: 1.1 img/s at 4, 3.7 at 64), so the estimate errs long."""
+        a long run. A small batch runs slower per image than the batches of 64 used for the work,
+        so the estimate errs long."""
         x = torch.full((batch_size, 3, image_size, image_size), 128, dtype=torch.uint8)
         self(x)
         self(x)
