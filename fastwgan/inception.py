@@ -114,7 +114,7 @@ class FeatureNet:
     def images_per_second(self, image_size: int, batch_size: int = 64) -> float:
         """Measured on one batch of grey images of the size the work uses, for the time said
         before a long computation. Not a smaller one: on a busy CPU a small batch's threads wait on
-        each other, and batches of 8 ran at 0.8 img/s where the work's batches of 64 ran at 3.3
+        each other, and batches of 4 ran at 0.8-1.1 img/s where the work's batches of 64 ran at 3.3
         (one eval, the same machine). No warm-up: the first call ran as fast as later ones."""
         x = torch.full((batch_size, 3, image_size, image_size), 128, dtype=torch.uint8)
         t = time.perf_counter()
