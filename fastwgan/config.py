@@ -125,6 +125,13 @@ class Config:
     eval_every: int = _f(0, "iterations between sliced Wasserstein distances to the data "
                          "(0: off; slow on a CPU)", "eval")
     eval_n: int = _f(2048, "generated and real images per evaluation", "eval")
+    eval_metric: str = _f("swd", "what --eval-every computes: swd; fid (FID and KID of --eval-n "
+                          "generated images against every real image, Inception weights of the fid "
+                          "extra; about 6 GFLOP an image: slow on a CPU); all (both)", "eval",
+                          choices=("swd", "fid", "all"))
+    fid_weights: Optional[str] = _f(None, "NVIDIA's Inception feature extractor inception-2015-12-05.pt "
+                                    "for FID and KID (default: the weights of the fid extra)", "eval",
+                                    metavar="PATH")
 
     # ------------------------------------------------------------------------------------------
     @property

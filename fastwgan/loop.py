@@ -256,6 +256,8 @@ class TrainingLoop:
         w += self.engine.loss.progress(row)
         if "swd" in row:
             w += f"SWD {row['swd']:.1f}  "
+        if "fid" in row:
+            w += f"FID {row['fid']:.2f}  KID {row['kid'] * 1e3:.2f}e-3  "
         self.bar.set_postfix_str(f"{w}{ips:,.0f} img/s")
         maint = f" ({row['maint_s']:.2f} s of periodic work)" if row["maint_s"] else ""
         line = (f"iter {done}/{cfg.iters}  {w}loss_D {row['loss_d']:.4g}  "

@@ -117,6 +117,11 @@ def median_filter(y: Iterable[float], window: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
+# loss.png's panels of the evaluations (--eval-every), where a row holds them
+EVAL_PANELS = (("swd", "sliced Wasserstein distance to the data (x1e3)"),
+               ("fid", "FID to the data"), ("kid", "KID to the data"))
+
+
 def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
     """loss.png: the Wasserstein estimate, raw and median-filtered (as the paper's figures),
     and the critic and generator losses, against generator iterations."""
@@ -129,8 +134,9 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str 
 
     it = [r["iter"] for r in rows]
     panels = [("wdist", "Wasserstein estimate  -Loss_D"), ("loss", "losses")]
-    if any(r.get("swd") is not None for r in rows):
-        panels.append(("swd", "sliced Wasserstein distance to the data (x1e3)"))
+    for key, label in EVAL_PANELS:
+        if any(r.get(key) is not None for r in rows):
+            panels.append((key, label))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, (key, label) in zip(axes[:, 0], panels):
         if key == "wdist":
@@ -149,7 +155,7 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike, title: str 
             ax.plot(it, [r.get("loss_g") for r in rows], lw=1, label="generator loss")
             ax.legend(loc="best", fontsize=8)
         else:
-            pts = [(r["iter"], r["swd"]) for r in rows if r.get("swd") is not None]
+            pts = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=1.2, color="tab:green")
         ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3)

@@ -25,7 +25,7 @@ import torch
 from fastwgan import checkpoint as ckpt_io
 from fastwgan.atomic import remove_orphans, write_text
 from fastwgan.background import BackgroundWork, host_copy
-from fastwgan.config import Config
+from fastwgan.config import Config, ConfigError
 from fastwgan.data import sample_images
 from fastwgan.metrics import swd_for_training
 from fastwgan.outputs import MetricsLog, plot_losses, save_grid
@@ -126,6 +126,30 @@ def dropped_rows(metrics_path: Path, iteration: int) -> int:
     return sum(r.get("iter", 0) > iteration for r in MetricsLog(metrics_path).read())
 
 
+def start_fid(cfg: Config, dataset, done: int, log: RunLog):
+    """--eval-metric fid: the network (a ConfigError naming the extra when its weights are not
+    installed), one line saying what the evaluations will cost (on a CPU, the time, from a measured
+    batch), and the real set's features (computed now, or from the cache)."""
+    from fastwgan.device import resolve_device
+    from fastwgan.fid import TrainingFID, cpu_estimate, evaluations_left, real_statistics, stats_path
+    from fastwgan.inception import InceptionError, load_feature_net
+
+    try:
+        net = load_feature_net(cfg.fid_weights, resolve_device(cfg.device))
+    except InceptionError as e:
+        raise ConfigError(f"--eval-metric {cfg.eval_metric}: {e}") from None
+    n_real = len(dataset.files)
+    evals = evaluations_left(done, cfg.iters, cfg.eval_every)
+    to_compute = evals * cfg.eval_n + (0 if stats_path(dataset, cfg.image_size, cfg.crop, net).exists()
+                                       else n_real)
+    log(f"evaluation: FID and KID (x1e3) of {cfg.eval_n} samples against all {n_real} real images every "
+        f"{cfg.eval_every} iterations ({evals} evaluations, {to_compute} images through Inception in all"
+        f"{cpu_estimate(net, cfg.image_size, to_compute)})")
+    real = real_statistics(dataset, cfg.image_size, cfg.crop, net, workers=cfg.workers, log=log,
+                           say_time=False)
+    return TrainingFID(net, real, cfg.eval_n, z_seed=cfg.seed + 2, seed=cfg.seed)
+
+
 class RunFolder:
     """Everything a run writes into ``--out``: the lock, train.log, config.json, metrics.jsonl,
     samples, loss.png, the TensorBoard events and the checkpoint. With several processes rank 0
@@ -137,6 +161,7 @@ class RunFolder:
         self.writer = BackgroundWork()  # samples, loss.png, events and checkpoints during training
         self.replaced: Optional[Path] = None
         self.real_eval: Optional[torch.Tensor] = None
+        self.fid_eval = None  # a fastwgan.fid.TrainingFID with --eval-metric fid or all
         self.fixed_z = torch.randn(N_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
     def locked(self):
@@ -179,11 +204,13 @@ class RunFolder:
             real = sample_images(dataset, cfg.image_size, cfg.crop, N_SAMPLES, cfg.seed, workers=1, failed=[])
             save_grid(real, out / "real_samples.png", nrow=8)
             self.events.real_images(real)
-        if cfg.eval_every:
+        if cfg.eval_every and cfg.eval_metric in ("swd", "all"):
             self.real_eval = sample_images(dataset, cfg.image_size, cfg.crop, cfg.eval_n, cfg.seed + 3,
                                            cfg.workers, failed=[])
             log(f"evaluation: sliced Wasserstein distance (x1e3) of {len(self.real_eval)} samples to "
                 f"as many real images every {cfg.eval_every} iterations")
+        if cfg.eval_every and cfg.eval_metric in ("fid", "all"):
+            self.fid_eval = start_fid(cfg, dataset, resume["iteration"] if resume else 0, log)
         self.metrics = MetricsLog(out / "metrics.jsonl")
         if resume:
             self.metrics.truncate_after(resume["iteration"])
@@ -191,8 +218,13 @@ class RunFolder:
             self.metrics.path.unlink()
 
     def evaluate(self, G: torch.nn.Module) -> dict:
-        swd = swd_for_training(G, self.real_eval, z_seed=self.cfg.seed + 2)
-        return {"swd": swd["mean"], "swd_levels": swd["levels"]}
+        row = {}
+        if self.real_eval is not None:
+            swd = swd_for_training(G, self.real_eval, z_seed=self.cfg.seed + 2)
+            row.update(swd=swd["mean"], swd_levels=swd["levels"])
+        if self.fid_eval is not None:
+            row.update(self.fid_eval(G))
+        return row
 
     def metrics_row(self, row: dict) -> None:
         """The row appended now (a checkpoint written after it finds it in the file); its

@@ -35,6 +35,7 @@ SCALAR_TAGS = {
     "critic_steps": "train/critic_steps", "img_per_s": "perf/img_per_s", "maint_s": "perf/maint_s",
     "time": "perf/time_s",
     "swd": "eval/swd",
+    "fid": "eval/fid", "kid": "eval/kid",
 }
 SWD_LEVEL_TAG = "eval/swd_level{}"
 INSTALL = "pip install 'fastwgan[tensorboard]'"

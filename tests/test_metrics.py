@@ -333,7 +333,7 @@ def _one_error_line(err: str, what: str) -> None:
 def test_eval_table_and_json(run_dir, fake_real, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert eval_main([str(run_dir), "--n", "16", "--seed", "3", "--device", "cpu", "--batch-size", "5",
-                      "--json", str(out)]) == 0
+                      "--metric", "swd", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "resolution" in table and "average" in table and "iteration 7" in table
     assert fake_real == [dict(data_dir=None, image_size=32, crop=30, n=16, seed=3)]  # the run's settings
@@ -351,7 +351,8 @@ def test_eval_table_and_json(run_dir, fake_real, tmp_path, capsys):
 
 
 def test_eval_fewer_real_images_and_crop_flag(run_dir, fake_real, capsys):
-    argv = [str(run_dir / "checkpoint.pt"), "--n", "50", "--crop", "28", "--data", str(run_dir)]
+    argv = [str(run_dir / "checkpoint.pt"), "--n", "50", "--crop", "28", "--data", str(run_dir),
+            "--metric", "swd"]
     assert eval_main(argv) == 0
     cap = capsys.readouterr()
     assert fake_real[0]["crop"] == 28 and fake_real[0]["data_dir"] == str(run_dir)
@@ -366,19 +367,37 @@ class _FakeInception(torch.nn.Module):
         return torch.cat([f, f * f], dim=1)
 
 
+def png_folder(folder, n: int, size: int, seed: int) -> str:
+    from PIL import Image
+
+    folder.mkdir()
+    for i, img in enumerate(blobs(n, size, seed=seed)):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+    return str(folder)
+
+
+@pytest.mark.usefixtures("private_cache")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_eval_fid_with_torchscript_weights(run_dir, fake_real, tmp_path, capsys):
+def test_eval_fid_with_torchscript_weights(run_dir, tmp_path, capsys):
+    """NVIDIA's wrapping (uint8 in, return_features=True): every real image of --data against the
+    generated ones."""
+    from fastwgan.data import open_dataset, sample_images
+
     weights = tmp_path / "inception.pt"
     torch.jit.script(_FakeInception()).save(str(weights))
+    data = png_folder(tmp_path / "imgs", 12, 32, seed=5)
     out = tmp_path / "eval.json"
-    assert eval_main([str(run_dir), "--n", "16", "--fid-weights", str(weights), "--json", str(out)]) == 0
+    assert eval_main([str(run_dir), "--n", "16", "--data", data, "--metric", "fid",
+                      "--fid-weights", str(weights), "--json", str(out)]) == 0
     assert "FID" in capsys.readouterr().out
-    fid = json.loads(out.read_text())["fid"]
+    result = json.loads(out.read_text())
+    assert result["kid"] is None and result["swd"] is None and result["inception"]["real_n"] == 12
     gen = Generator(32, 8, 4)
     gen.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["generator"])
     model = _FakeInception()
-    want = fid_from_features(model(blobs(16, 32, seed=0)), model(generate_uint8(gen, 16, z_seed=0)))
-    assert fid == pytest.approx(want, rel=1e-9) and fid > 0
+    real = sample_images(open_dataset(data), 32, 30, 12)  # all of them, as the run's crop (30)
+    want = fid_from_features(model(real), model(generate_uint8(gen, 16, z_seed=0)))
+    assert result["fid"] == pytest.approx(want, rel=1e-6) and result["fid"] > 0  # float32 features
 
 
 class _NotInception(torch.nn.Module):
@@ -386,25 +405,22 @@ class _NotInception(torch.nn.Module):
         return x.float()
 
 
+@pytest.mark.usefixtures("private_cache")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_eval_fid_with_a_foreign_torchscript_module(run_dir, fake_real, tmp_path, capsys):
+def test_eval_fid_with_a_foreign_torchscript_module(run_dir, tmp_path, capsys):
     weights = tmp_path / "other.pt"
     torch.jit.script(_NotInception()).save(str(weights))
-    assert eval_main([str(run_dir), "--n", "4", "--fid-weights", str(weights)]) == 2
+    data = png_folder(tmp_path / "imgs", 4, 32, seed=5)
+    assert eval_main([str(run_dir), "--n", "4", "--data", data, "--fid-weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    _one_error_line(err.splitlines()[-1], "the model failed")
+    _one_error_line(err.splitlines()[-1], "the Inception model failed")
 
 
 def test_eval_with_image_folder(run_dir, tmp_path, capsys):
     """Through the real loader: a folder of PNGs, center-cropped and resized to the run's size."""
-    from PIL import Image
-
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, img in enumerate(blobs(12, 40, seed=9)):
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
-    assert eval_main([str(run_dir), "--data", str(folder), "--n", "12"]) == 0
+    folder = png_folder(tmp_path / "imgs", 12, 40, seed=9)
+    assert eval_main([str(run_dir), "--data", folder, "--n", "12", "--metric", "swd"]) == 0
     assert "12 generated vs 12 real" in capsys.readouterr().out
 
 
@@ -416,6 +432,7 @@ def test_eval_with_image_folder(run_dir, tmp_path, capsys):
     (["--data", "/no/such/dir"], "/no/such/dir"),
     (["--fid-weights", "/no/such/file.pt"], "/no/such/file.pt"),
     (["--json", "/no/such/dir/x.json"], "--json"),
+    (["--metric", "fad"], "--metric: unknown fad"),
 ])
 def test_eval_flag_errors(run_dir, fake_real, capsys, extra, what):
     assert eval_main([str(run_dir), *extra]) == 2
