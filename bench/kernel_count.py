@@ -3,7 +3,7 @@
 ``KernelLedger`` is a dispatch mode that records every aten op, maps it to the CUDA kernels it
 launches (``cuda_kernels``), and adds the bytes it reads and writes and its FLOPs (torch's own
 ``flop_registry``, so the total equals ``torch.utils.flop_counter.FlopCounterMode``'s). Fused
-Triton ops tell it their launches through ``fastwgan.kernels.launches``: on a CPU their
+Triton ops tell it their launches through ``fastwgan.kernels._launches``: on a CPU their
 plain-PyTorch twins then count as the Triton kernels they stand for, not as their own aten ops.
 
 Each op is put in one kind (``KINDS``): by the phase the ledger was told it is in (``phase``:
@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from fastwgan.kernels import launches
+from fastwgan.kernels import _launches as launches
 
 KINDS = ("conv", "bn_act", "optimizer", "casts", "gradient glue", "data", "bookkeeping")
 

@@ -60,8 +60,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from fastwgan.kernels import launches
-from fastwgan.kernels.launches import Launch
+from fastwgan.kernels import _launches as launches
+from fastwgan.kernels._launches import Launch
 
 try:
     import triton
@@ -419,7 +419,7 @@ def kernel_launches(direction, shape, itemsize, channels_last, training=True, ne
                     need_dw=True, need_db=True, sms=None, groups=1, fold=None):
     """The Triton launches of one call (``direction`` "forward" or "backward") on an input of
     ``shape`` and ``itemsize``, with the bytes each reads and writes, for a kernel ledger
-    (fastwgan.kernels.launches). ``sms``: the GPU's multiprocessors (None: ``LEDGER_SMS``)."""
+    (fastwgan.kernels._launches). ``sms``: the GPU's multiprocessors (None: ``LEDGER_SMS``)."""
     N, C = shape[0], shape[1]
     S = 1
     for d in shape[2:]:

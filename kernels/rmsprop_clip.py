@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from fastwgan.kernels import launches
+from fastwgan.kernels import _launches as launches
 
 try:
     import triton
@@ -46,7 +46,7 @@ NUM_WARPS = 4
 
 def kernel_launches(param: torch.Tensor, *args, **kwargs) -> list[launches.Launch]:
     """The one launch this op makes on CUDA: param, grad, square_avg read, param and square_avg
-    written (20 bytes per element), for a kernel ledger (fastwgan.kernels.launches)."""
+    written (20 bytes per element), for a kernel ledger (fastwgan.kernels._launches)."""
     return [launches.Launch("rmsprop_clip", 20 * param.numel())]
 
 

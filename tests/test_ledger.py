@@ -16,7 +16,7 @@ spec.loader.exec_module(ledger)
 
 from kernel_count import KernelLedger  # noqa: E402
 
-from fastwgan.kernels import launches  # noqa: E402
+from fastwgan.kernels import _launches as launches  # noqa: E402
 from fastwgan.kernels.bn_act import bn_act, bn_act_ref  # noqa: E402
 from fastwgan.kernels.rmsprop_clip import rmsprop_clip_ref  # noqa: E402
 from fastwgan.runconfig import preset_config  # noqa: E402
