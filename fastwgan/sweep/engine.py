@@ -206,20 +206,21 @@ class GroupedPhases:
                           for m in self.members], 1)
 
     def critic(self) -> None:
+        # the sums: add_ into their slices (``+=`` on a slice copies it back onto itself: a kernel more)
         real = self._real()  # before z, as a single run draws them
         z = self.noise()
         if self.loss.double_backward:  # the gradient penalty: its own step
             values = critic_step_gp(self, real, z)
-            self.sums[:, :3] += values[:, :3]
-            self.sums[:, 4:] += values[:, 3:]
+            self.sums[:, :3].add_(values[:, :3])
+            self.sums[:, 4:].add_(values[:, 3:])
             return
         steps.critic_step(self.G, self.D, self.opt_d, real, z, self.step_cfg, self.objectives.critic)
-        self.sums[:, :3] += self.objectives.critic_values
+        self.sums[:, :3].add_(self.objectives.critic_values)
 
     def generator(self) -> None:
         z = self.noise()
         steps.generator_step(self.G, self.D, self.opt_g, z, self.step_cfg, self.objectives.generator)
-        self.sums[:, 3] += self.objectives.generator_values
+        self.sums[:, 3].add_(self.objectives.generator_values)
 
     def parameter_sets(self) -> dict[str, list[torch.Tensor]]:
         return {"generator": list(self.G.parameters()), "critic": list(self.D.parameters())}
