@@ -9,36 +9,16 @@ import time
 
 import pytest
 
-from fastwgan import build, loop, runfolder
+from fastwgan import loop, runfolder
 from fastwgan import checkpoint as ckpt_io
 
-from tiny import run
+from tiny import after_iteration, run
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def after_iteration(monkeypatch, n: int, action):
-    """``action()`` after the engine's ``n``-th iteration."""
-    real = build.build_engine
-
-    def patched(*a, **k):
-        engine = real(*a, **k)
-        iteration, calls = engine.iteration, []
-
-        def counted(n_critic):
-            iteration(n_critic)
-            calls.append(n_critic)
-            if len(calls) == n:
-                action()
-
-        engine.iteration = counted
-        return engine
-
-    monkeypatch.setattr(build, "build_engine", patched)
 
 
 def test_a_sample_grid_is_written_while_training_goes_on(tmp_path, data, monkeypatch):

@@ -16,7 +16,7 @@ from fastwgan import checkpoint as ckpt_io
 from fastwgan import sample, train
 
 from oddfiles import make_good_folder, make_odd_folder
-from tiny import TINY, run
+from tiny import TINY, after_iteration, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,21 +254,7 @@ def test_interrupted_run_logs_the_same_rows(tmp_path, data, monkeypatch):
     assert run(*common, "--out", tmp_path / "once", "--iters", 8) == 0
 
     real_make_engine = build.build_engine
-
-    def interrupted_at_3(*a, **k):
-        engine = real_make_engine(*a, **k)
-        iteration, calls = engine.iteration, []
-
-        def counted(n):
-            iteration(n)
-            calls.append(n)
-            if len(calls) == 3:
-                signal.raise_signal(signal.SIGINT)
-
-        engine.iteration = counted
-        return engine
-
-    monkeypatch.setattr(build, "build_engine", interrupted_at_3)
+    after_iteration(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGINT))
     assert run(*common, "--out", tmp_path / "twice", "--iters", 8) == 128 + signal.SIGINT
     monkeypatch.setattr(build, "build_engine", real_make_engine)
     assert ckpt_io.load(tmp_path / "twice")["iteration"] == 3

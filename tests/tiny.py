@@ -1,8 +1,9 @@
 """The smallest training run through the command line (the ``smoke`` preset, no progress bar, no
-loader processes), the comparison of two runs' checkpoints, and exact resume across engines."""
+loader processes), the comparison of two runs' checkpoints, exact resume across engines, and an
+action after a given iteration of the engine the run builds."""
 import torch
 
-from fastwgan import train
+from fastwgan import build, train
 
 TINY = ["--preset", "smoke", "--no-progress", "--workers", "0"]
 
@@ -55,3 +56,23 @@ def resume_is_exact_and_crosses_engines(tmp_path, common: list, backend: str) ->
     assert train.main(["--resume", str(tmp_path / "twice"), "--iters", "5", "--backend", other,
                        "--no-progress"]) == 0
     assert ckpt_io.load(tmp_path / "twice")["iteration"] == 5
+
+
+def after_iteration(monkeypatch, n: int, action):
+    """``action()`` after the engine's ``n``-th iteration."""
+    real = build.build_engine
+
+    def patched(*a, **k):
+        engine = real(*a, **k)
+        iteration, calls = engine.iteration, []
+
+        def counted(n_critic):
+            iteration(n_critic)
+            calls.append(n_critic)
+            if len(calls) == n:
+                action()
+
+        engine.iteration = counted
+        return engine
+
+    monkeypatch.setattr(build, "build_engine", patched)
